@@ -1,0 +1,1 @@
+"""Shared fixtures. Nothing here reaches the network."""
