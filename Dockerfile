@@ -1,6 +1,8 @@
 # The bot and its engine in one image. The engine needs an NVIDIA GPU at run time:
 #   docker build -t vqgan-clip-bot .
-#   docker run --gpus all --env-file .env -v vqgan-models:/models -v vqgan-data:/data vqgan-clip-bot
+#   docker run --gpus all --env-file .env -v vqgan-models:/app/models -v vqgan-data:/app/data vqgan-clip-bot
+# The default MODEL_DIR (./models) and DATABASE_PATH/RESULTS_DIR (./data/...) resolve under
+# /app, the working directory, so the same .env works with and without Docker.
 # PyTorch's wheels bring their own CUDA libraries; the base image supplies the runtime
 # environment the NVIDIA container toolkit expects.
 FROM nvidia/cuda:13.0.0-runtime-ubuntu24.04
@@ -29,13 +31,10 @@ RUN pip install --no-deps .
 
 # A non-root user; models and the database live on volumes so they survive upgrades.
 RUN useradd --create-home --uid 10001 bot \
-    && mkdir -p /models /data \
-    && chown bot:bot /models /data
+    && mkdir -p /app/models /app/data \
+    && chown bot:bot /app/models /app/data
 USER bot
-ENV MODEL_DIR=/models \
-    DATABASE_PATH=/data/bot.sqlite3 \
-    RESULTS_DIR=/data/results
-VOLUME ["/models", "/data"]
+VOLUME ["/app/models", "/app/data"]
 
-# Downloads missing default models into /models on first start, then runs the bot.
+# Downloads missing default models into /app/models on first start, then runs the bot.
 CMD ["vqgan-clip-bot"]
