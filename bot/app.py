@@ -1,0 +1,126 @@
+"""The discord.py `Bot` subclass: intents, cog loading, command sync, the ready line.
+
+The engine is not started here yet; `bot/engine_client.py` will hook into `setup_hook`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+from discord.ext import commands
+
+from bot.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: Extensions loaded by `setup_hook`, in order. Each is a module with `async def setup(bot)`.
+COGS: tuple[str, ...] = ("cogs.info",)
+
+#: Everything the bot needs in a channel, and nothing more. The invite URL asks for exactly
+#: these; README documents them. Why each:
+#:   view_channel          see the channel at all
+#:   send_messages         post progress and result messages (edited later with the bot token,
+#:                         because interaction tokens expire after 15 minutes)
+#:   embed_links           progress/result/help embeds
+#:   attach_files          the PNG results and preview thumbnails
+#:   read_message_history  find "the latest image in the channel" for `/edit` and fetch
+#:                         the messages the bot edits after a restart
+#:   use_application_commands  slash commands and context menus
+BOT_PERMISSIONS = discord.Permissions(
+    view_channel=True,
+    send_messages=True,
+    embed_links=True,
+    attach_files=True,
+    read_message_history=True,
+    use_application_commands=True,
+)
+
+#: OAuth2 scopes of the invite link: the bot user plus its slash commands.
+INVITE_SCOPES: tuple[str, ...] = ("bot", "applications.commands")
+
+
+def bot_intents() -> discord.Intents:
+    """The gateway intents: none of them privileged, so no switch in the developer portal.
+
+    Why no `message_content` (privileged): everything the bot reads arrives without it.
+    Slash-command options (the prompt, an attached image) and the target message of a
+    message context menu come inside the interaction, which is exempt. Messages the bot
+    itself sent (its results) always carry their attachments, so `/edit prompt` can find
+    "the latest image" through `channel.history` among the bot's own results. What the bot
+    cannot see without it is the attachments of *other users'* ordinary messages in
+    history; for those, users attach the image to `/edit` or use the "Edit image" context
+    menu. That trade keeps the bot installable anywhere (privileged intents need a portal
+    switch, and verification beyond 100 servers) at the cost of one documented limitation.
+
+    `guilds` keeps the guild/channel cache that interactions and permission checks use;
+    `guild_messages` lets the message cache follow the bot's own result messages.
+    """
+    intents = discord.Intents.none()
+    intents.guilds = True
+    intents.guild_messages = True
+    return intents
+
+
+def invite_url(application_id: int) -> str:
+    """The link that adds the bot to a server with `BOT_PERMISSIONS` and slash commands."""
+    return discord.utils.oauth_url(application_id, permissions=BOT_PERMISSIONS, scopes=INVITE_SCOPES)
+
+
+class ImagineBot(commands.Bot):
+    """The bot. It holds the settings so that cogs read configuration from one place
+    (`self.bot.settings`) rather than from the environment."""
+
+    def __init__(self, settings: Settings, *, cogs: tuple[str, ...] = COGS) -> None:
+        # The bot never joins voice: silence discord.py's start-up warnings about the
+        # missing voice libraries, which would otherwise look like a problem to operators.
+        discord.VoiceClient.warn_nacl = False
+        discord.VoiceClient.warn_dave = False
+        super().__init__(
+            # Slash commands only. A prefix is required by commands.Bot; a mention prefix
+            # never collides with other bots and needs no message_content intent.
+            command_prefix=commands.when_mentioned,
+            help_command=None,
+            intents=bot_intents(),
+            # Nobody gets pinged by a prompt echoed back in a result message.
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+        self.settings = settings
+        self.cog_names = cogs
+        self.synced_commands: list[discord.app_commands.AppCommand] = []
+
+    async def setup_hook(self) -> None:
+        """Load the cogs, then register the slash commands with Discord.
+
+        Runs once, after login and before the gateway connects. With DEV_GUILD_ID the
+        global commands are copied to that one server and synced there, which Discord
+        applies instantly (global sync can take up to an hour to show up); the global
+        list is left untouched then, so a test server does not wipe production commands.
+        """
+        for name in self.cog_names:
+            await self.load_extension(name)
+            log.debug("loaded extension %s", name)
+        guild_id = self.settings.dev_guild_id
+        if guild_id is not None:
+            guild = discord.Object(id=guild_id)
+            self.tree.copy_global_to(guild=guild)
+            self.synced_commands = await self.tree.sync(guild=guild)
+            where = f"server {guild_id} (DEV_GUILD_ID)"
+        else:
+            self.synced_commands = await self.tree.sync()
+            where = "all servers (global; new commands can take up to an hour to appear)"
+        log.info(
+            "synced %d slash command(s) to %s: %s",
+            len(self.synced_commands), where,
+            ", ".join(f"/{c.name}" for c in self.synced_commands) or "none",
+        )
+
+    async def on_ready(self) -> None:
+        """Log the one line an operator waits for: who the bot is and how to invite it."""
+        user = self.user
+        application_id = self.application_id or (user.id if user else None)
+        url = invite_url(application_id) if application_id else "(unknown application id)"
+        log.info(
+            "ready: logged in as %s (id %s) in %d server(s); invite it with %s",
+            user, user.id if user else "?", len(self.guilds), url,
+        )

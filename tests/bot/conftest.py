@@ -1,0 +1,52 @@
+"""Fixtures for bot tests: settings that need no .env, and the bot SimCord drives.
+
+SimCord's pytest plugin gives `simcord_env` (a running virtual Discord with our bot
+logged in, commands synced) once `simcord_bot` returns the bot to attach. Tests that need
+other settings build `ImagineBot(make_settings(...))` and use `simcord.run(bot)` directly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bot.app import ImagineBot
+from bot.config import SETTING_NAMES, Settings
+
+#: A token-shaped fake. SimCord never sends it anywhere; tests check it never leaks.
+FAKE_TOKEN = "MTAxMjM0NTY3ODkwMTIzNDU2.GaBcDe.fake-token-for-tests-only_0123456789abcdef"
+
+
+def make_settings(**overrides: object) -> Settings:
+    """Settings with the documented defaults, a fake token and no model downloads."""
+    return replace(Settings(discord_token=FAKE_TOKEN, auto_download=False), **overrides)
+
+
+def clean_environ(**extra: str) -> dict[str, str]:
+    """The current environment without any of the bot's settings (a developer's shell may
+    export DISCORD_TOKEN), plus `extra`: what a subprocess test should run with."""
+    env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def bot_settings() -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def simcord_bot(bot_settings: Settings) -> ImagineBot:
+    return ImagineBot(bot_settings)
+
+
+@pytest.fixture
+def empty_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty working directory (no .env), made current for the test."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    return workdir
