@@ -1,0 +1,101 @@
+"""The job record shared by the store, the scheduler, the quotas and the cogs.
+
+Plain data only (no discord, no torch, no database): the domain layer passes `Job`
+objects around, the store persists them and the scheduler orders them. Discord ids are
+ints; timestamps are UTC epoch seconds (floats), so they compare and subtract without
+time-zone surprises and turn into Discord `<t:EPOCH:R>` stamps directly.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life. Stored as the lower-case string value."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_finished(self) -> bool:
+        """True once nothing will happen to the job any more."""
+        return self in FINISHED_STATUSES
+
+    @property
+    def is_charged(self) -> bool:
+        """True if the job counts against the user's quota (see `CHARGED_STATUSES`)."""
+        return self in CHARGED_STATUSES
+
+
+#: Jobs that have used (or are about to use) the GPU count against the quota; failed
+#: and cancelled jobs are not charged, so a crash or a changed mind costs nothing.
+CHARGED_STATUSES: frozenset[JobStatus] = frozenset(
+    {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.DONE}
+)
+FINISHED_STATUSES: frozenset[JobStatus] = frozenset(
+    {JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED}
+)
+
+
+class JobKind(StrEnum):
+    """The known kinds of job. The store accepts any string so new kinds need no migration."""
+
+    IMAGINE = "imagine"
+    EDIT = "edit"
+    REROLL = "reroll"
+
+
+#: Lower-case RFC 4648 base32: no 0/1, so ids typed back by users are not ambiguous.
+JOB_ID_LENGTH = 8
+
+
+def new_job_id() -> str:
+    """A short random id users can read and type (`/cancel k3q7xm2a`): 40 random bits."""
+    return base64.b32encode(secrets.token_bytes(5)).decode("ascii").lower()
+
+
+def normalize_job_id(text: str) -> str:
+    """What a user typed -> the stored form (ids are lower case, surrounding space ignored)."""
+    return text.strip().lower()
+
+
+@dataclass
+class Job:
+    """One request to make or edit an image, as stored in the `jobs` table.
+
+    `params` holds the generation options as JSON-able values (size, seed asked for,
+    cutn, replace, ...). `iterations` is authoritative for the iteration count: the
+    requested count while queued/running, the count actually run once done (the
+    seconds-per-iteration estimate and ETAs are computed from it).
+    Paths (`input_path`, `result_path`) are strings, relative to RESULTS_DIR by
+    convention, so the data directory can be moved; the images live on disk, not in the DB.
+    """
+
+    id: str
+    guild_id: int | None  # None for a direct message
+    channel_id: int
+    user_id: int
+    kind: str
+    prompt: str
+    iterations: int
+    params: dict[str, Any] = field(default_factory=dict)
+    status: JobStatus = JobStatus.QUEUED
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    input_path: str | None = None
+    parent_id: str | None = None  # the job whose result a reroll/edit starts from
+    progress_message_id: int | None = None
+    result_message_id: int | None = None
+    result_path: str | None = None
+    seed: int | None = None  # the seed actually used (reported by the engine)
+    seconds: float | None = None  # generation time reported by the engine
+    error: str | None = None  # for failed jobs: a message fit to show the user
