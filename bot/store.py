@@ -185,10 +185,12 @@ class Store:
         db = await aiosqlite.connect(str(path), isolation_level=None)
         try:
             db.row_factory = aiosqlite.Row
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=NORMAL")
-            await db.execute("PRAGMA busy_timeout=5000")
-            await db.execute("PRAGMA foreign_keys=ON")
+            for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=5000",
+                           "foreign_keys=ON"):
+                # Close each cursor: `journal_mode` answers with a row, and an unread
+                # cursor keeps a statement open, which makes the migration's COMMIT fail.
+                async with db.execute(f"PRAGMA {pragma}"):
+                    pass
             await cls._migrate(db)
         except BaseException:
             await db.close()
