@@ -1,7 +1,4 @@
-"""The discord.py `Bot` subclass: intents, cog loading, command sync, the ready line.
-
-The engine is not started here yet; `bot/engine_client.py` will hook into `setup_hook`.
-"""
+"""The discord.py `Bot` subclass: intents, services, cog loading, command sync, the ready line."""
 
 from __future__ import annotations
 
@@ -11,6 +8,7 @@ import discord
 from discord.ext import commands
 
 from bot.config import Settings
+from bot.services import Engine, Services
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +69,13 @@ class ImagineBot(commands.Bot):
     """The bot. It holds the settings so that cogs read configuration from one place
     (`self.bot.settings`) rather than from the environment."""
 
-    def __init__(self, settings: Settings, *, cogs: tuple[str, ...] = COGS) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        cogs: tuple[str, ...] = COGS,
+        engine: Engine | None = None,
+    ) -> None:
         # The bot never joins voice: silence discord.py's start-up warnings about the
         # missing voice libraries, which would otherwise look like a problem to operators.
         discord.VoiceClient.warn_nacl = False
@@ -87,6 +91,10 @@ class ImagineBot(commands.Bot):
         )
         self.settings = settings
         self.cog_names = cogs
+        #: The engine to use instead of spawning the worker (tests pass a fake one).
+        self._engine_override = engine
+        #: Store, queue, quotas and engine client; opened in `setup_hook`.
+        self.services: Services | None = None
         self.synced_commands: list[discord.app_commands.AppCommand] = []
 
     async def setup_hook(self) -> None:
@@ -97,6 +105,7 @@ class ImagineBot(commands.Bot):
         applies instantly (global sync can take up to an hour to show up); the global
         list is left untouched then, so a test server does not wipe production commands.
         """
+        self.services = await Services.open(self.settings, engine=self._engine_override)
         for name in self.cog_names:
             await self.load_extension(name)
             log.debug("loaded extension %s", name)
@@ -114,6 +123,15 @@ class ImagineBot(commands.Bot):
             len(self.synced_commands), where,
             ", ".join(f"/{c.name}" for c in self.synced_commands) or "none",
         )
+
+    async def close(self) -> None:
+        """Log out, then stop the engine and close the database."""
+        try:
+            await super().close()
+        finally:
+            services, self.services = self.services, None
+            if services is not None:
+                await services.close()
 
     async def on_ready(self) -> None:
         """Log the one line an operator waits for: who the bot is and how to invite it."""

@@ -33,6 +33,13 @@ def clean_environ(**extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(autouse=True)
+def _run_in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every bot test runs in its own empty directory, so the default relative paths
+    (./data/bot.sqlite3, ./data/results, ./models) never touch the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def bot_settings() -> Settings:
     return make_settings()

@@ -1,0 +1,86 @@
+"""The bot's long-lived parts, built once from the settings and shared by every cog.
+
+Why one object: cogs must not each open the database or spawn an engine; they read
+`bot.services` and call the domain layer (store, scheduler, quotas) and the engine client.
+Tests build the same object with a fake engine behind the same interface.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from bot.config import Settings
+from bot.quotas import QuotaPolicy
+from bot.scheduler import Scheduler
+from bot.store import Store
+from engine import protocol
+
+log = logging.getLogger(__name__)
+
+
+class Engine(Protocol):
+    """What the bot needs of the engine: `bot.engine_client.EngineClient` is the real one."""
+
+    @property
+    def ready_info(self) -> protocol.Ready | None: ...
+
+    async def start(self) -> protocol.Ready: ...
+
+    def submit(self, job: protocol.Submit) -> AsyncIterator[protocol.JobEvent]: ...
+
+    async def cancel(self, job_id: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class Services:
+    """Everything a cog needs besides discord.py itself."""
+
+    settings: Settings
+    store: Store
+    scheduler: Scheduler
+    quotas: QuotaPolicy
+    engine: Engine
+    results_dir: Path
+
+    @classmethod
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        engine: Engine | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> Services:
+        """Open the database, create the results directory and build the engine client
+        (not started: starting loads the models, which the job runner does in the
+        background so the bot is online while the engine warms up)."""
+        if engine is None:
+            from bot.engine_client import EngineClient, worker_command_for
+
+            engine = EngineClient(worker_command_for(settings))
+        results_dir = Path(settings.results_dir)
+        results_dir.mkdir(parents=True, exist_ok=True)
+        store = await Store.open(settings.database_path, clock=clock)
+        return cls(
+            settings=settings,
+            store=store,
+            scheduler=Scheduler(settings.max_queued_per_user),
+            # In the settings 0 means unlimited; the policy spells unlimited as None.
+            quotas=QuotaPolicy(store, settings.default_daily_quota or None, clock),
+            engine=engine,
+            results_dir=results_dir,
+        )
+
+    async def close(self) -> None:
+        """Stop the engine, then close the database (in that order: the engine's last
+        events may still update jobs)."""
+        try:
+            await self.engine.close()
+        finally:
+            await self.store.close()
