@@ -39,6 +39,26 @@ class Engine(Protocol):
 
 
 @dataclass
+class RunningJob:
+    """The job the engine is computing now, as the job runner last heard of it; `/queue`
+    and ETAs read it."""
+
+    job_id: str
+    user_id: int
+    iteration: int
+    total: int
+    started_at: float
+    #: Measured on this job so far; None until the first progress event.
+    seconds_per_iteration: float | None = None
+
+    @property
+    def remaining_seconds(self) -> float | None:
+        if self.seconds_per_iteration is None:
+            return None
+        return max(0, self.total - self.iteration) * self.seconds_per_iteration
+
+
+@dataclass
 class Services:
     """Everything a cog needs besides discord.py itself."""
 
@@ -48,6 +68,8 @@ class Services:
     quotas: QuotaPolicy
     engine: Engine
     results_dir: Path
+    #: Set by the job runner while a job computes; None when the engine is idle.
+    running: RunningJob | None = None
 
     @classmethod
     async def open(
