@@ -1,8 +1,15 @@
-"""`/help`: how to talk to the bot. (Later: `/queue` and `/usage` join this cog.)
+"""`/help`, `/queue` and `/usage`: the commands that explain the bot and where you stand.
+
+None of them queue work or use quota, and all answer ephemerally: they are about the
+asker, and a channel full of other people's queue positions helps nobody.
 
 The help text lives here as constants so that tests and README can quote the same
 examples, and so the grammar stays described in one place on the Discord side
 (the grammar itself is `engine/prompts.py`).
+
+The small helpers below (`services_of`, `member_role_ids`, `is_admin`, the quota
+wording) are shared with `cogs/admin.py`, so `/usage` and `/quota show @user` describe a
+quota in exactly the same words.
 """
 
 from __future__ import annotations
@@ -10,6 +17,10 @@ from __future__ import annotations
 import discord
 from discord import app_commands
 from discord.ext import commands
+
+from bot.jobs import Job
+from bot.quotas import QuotaSource, QuotaStatus, discord_relative_time, format_duration
+from bot.services import RunningJob, Services
 
 HELP_TITLE = "How to ask for an image"
 HELP_DESCRIPTION = (
@@ -44,15 +55,134 @@ HELP_FIELDS: tuple[tuple[str, str], ...] = (
         "Concrete nouns and styles work best (`oil painting`, `pixel art`, "
         "`trending on artstation`). The same prompt with the same seed gives the same image.",
     ),
+    (
+        "Where you stand",
+        "`/queue` shows your place in the queue and when your image should start.\n"
+        "`/usage` shows your daily quota: how many images you have left and when the "
+        "next one frees up.",
+    ),
+)
+#: Shown only to members with Manage Server (the only ones who can use /quota).
+HELP_ADMIN_FIELD: tuple[str, str] = (
+    "For admins: `/quota`",
+    "`/quota set @member images:20` (or `unlimited:True`; `images:0` = may not make images), "
+    "`/quota reset @member`, `/quota default images:10` (or `unlimited:True`), "
+    "`/quota reset-default`, `/quota unlimited @role` (`remove:True` to undo), "
+    "`/quota show [@member]`. Needs Manage Server.",
 )
 
+#: Longest prompt quoted back in `/queue`; longer ones are cut with an ellipsis.
+PROMPT_PREVIEW_CHARS = 80
 
-def help_embed() -> discord.Embed:
-    """The embed `/help` answers with."""
+
+def help_embed(*, admin: bool = False) -> discord.Embed:
+    """The embed `/help` answers with; `admin` adds the `/quota` field."""
     embed = discord.Embed(title=HELP_TITLE, description=HELP_DESCRIPTION, colour=discord.Colour.blurple())
-    for name, value in HELP_FIELDS:
+    fields = HELP_FIELDS + ((HELP_ADMIN_FIELD,) if admin else ())
+    for name, value in fields:
         embed.add_field(name=name, value=value, inline=False)
     return embed
+
+
+# ------------------------------------------------------------------ shared helpers
+
+
+def services_of(interaction: discord.Interaction) -> Services:
+    """The bot's services. Raises if the bot has none (a cog loaded outside `ImagineBot`),
+    which is a programming error, not something to explain to a user."""
+    services = getattr(interaction.client, "services", None)
+    if services is None:
+        raise RuntimeError("the bot's services are not open (is this cog loaded by ImagineBot?)")
+    return services
+
+
+def member_role_ids(user: discord.abc.User, guild: discord.Guild | None) -> list[int]:
+    """The role ids that matter for quotas: the member's roles plus @everyone.
+
+    @everyone (whose id is the guild's id) is included so that an admin can make the
+    whole server unlimited with `/quota unlimited @everyone`. Outside a guild: none.
+    """
+    if guild is None:
+        return []
+    ids = {guild.id}
+    if isinstance(user, discord.Member):
+        ids.update(role.id for role in user.roles)
+    return sorted(ids)
+
+
+def is_admin(interaction: discord.Interaction) -> bool:
+    """Does the invoking member have Manage Server (or Administrator) here?
+
+    Checked by the bot itself on every admin command: `default_permissions` only hides
+    the commands in the UI, and a server owner can grant them to anyone under
+    Server Settings -> Integrations. `interaction.permissions` is computed by Discord for
+    this member, so it needs no member cache.
+    """
+    if interaction.guild is None:
+        return False
+    permissions = interaction.permissions
+    return permissions.administrator or permissions.manage_guild
+
+
+def describe_limit(limit: int | None) -> str:
+    """A limit as words: `unlimited`, `0 images (may not make images)`, `5 images per 24 h`."""
+    if limit is None:
+        return "unlimited"
+    if limit == 0:
+        return "0 images (may not make images)"
+    noun = "image" if limit == 1 else "images"
+    return f"{limit} {noun} per 24 h"
+
+
+#: Why a limit applies, in the order `QuotaPolicy.limit_for` decides it.
+QUOTA_SOURCE_TEXT: dict[QuotaSource, str] = {
+    QuotaSource.OVERRIDE: "a personal limit set by an admin",
+    QuotaSource.ROLE: "from an unlimited role",
+    QuotaSource.GUILD_DEFAULT: "this server's default",
+    QuotaSource.DEFAULT: "the bot's default",
+}
+
+
+def format_quota_status(status: QuotaStatus, now: float) -> str:
+    """The body shared by `/usage` and `/quota show @member`: limit and why, used, left,
+    and when the next slot frees (a Discord timestamp each reader sees in their own time)."""
+    lines = [f"Quota: **{describe_limit(status.limit)}** ({QUOTA_SOURCE_TEXT[status.source]})."]
+    if status.unlimited:
+        lines.append(f"Used in the last 24 h: {status.used}.")
+        return "\n".join(lines)
+    lines.append(f"Used in the last 24 h: {status.used} · left: {status.remaining}.")
+    if status.resets_at is not None:
+        wait = format_duration(max(0.0, status.resets_at - now))
+        when = f"{discord_relative_time(status.resets_at)} (in {wait})"
+        if status.remaining == 0:
+            lines.append(f"Next image possible {when}.")
+        else:
+            lines.append(f"Next slot frees {when}.")
+    return "\n".join(lines)
+
+
+def prompt_preview(prompt: str) -> str:
+    """A prompt quoted safely: shortened, Markdown escaped (a prompt is user text)."""
+    if len(prompt) > PROMPT_PREVIEW_CHARS:
+        prompt = prompt[: PROMPT_PREVIEW_CHARS - 1].rstrip() + "…"
+    return f"“{discord.utils.escape_markdown(prompt)}”"
+
+
+def running_remaining_seconds(
+    running: RunningJob | None, seconds_per_iteration: float | None
+) -> float | None:
+    """Seconds left on the running job: measured on it once it reports progress, else
+    from the recent-jobs estimate; 0 when nothing runs; None when nothing is known."""
+    if running is None:
+        return 0.0
+    if running.remaining_seconds is not None:
+        return running.remaining_seconds
+    if seconds_per_iteration is None:
+        return None
+    return max(0, running.total - running.iteration) * seconds_per_iteration
+
+
+# ------------------------------------------------------------------ the cog
 
 
 class Info(commands.Cog):
@@ -63,8 +193,92 @@ class Info(commands.Cog):
 
     @app_commands.command(name="help", description="How to write prompts: mixing, weights, editing")
     async def help(self, interaction: discord.Interaction) -> None:
-        # Ephemeral: help is for the asker, not the channel.
-        await interaction.response.send_message(embed=help_embed(), ephemeral=True)
+        # Ephemeral: help is for the asker, not the channel. Admins also see /quota,
+        # which nobody else could run anyway.
+        await interaction.response.send_message(embed=help_embed(admin=is_admin(interaction)), ephemeral=True)
+
+    @app_commands.command(
+        name="queue", description="Your place in the image queue, when it should start, and what is running"
+    )
+    async def queue(self, interaction: discord.Interaction) -> None:
+        services = services_of(interaction)
+        text = await queue_text(services, interaction.user.id)
+        await interaction.response.send_message(text, ephemeral=True)
+
+    @app_commands.command(
+        name="usage", description="Your daily image quota here: used, left, and when the next one frees up"
+    )
+    async def usage(self, interaction: discord.Interaction) -> None:
+        services = services_of(interaction)
+        guild_id = interaction.guild.id if interaction.guild is not None else None
+        status = await services.quotas.check(
+            guild_id, interaction.user.id, member_role_ids(interaction.user, interaction.guild)
+        )
+        where = "on this server" if guild_id is not None else "in direct messages"
+        text = (
+            f"**Your images {where}**\n{format_quota_status(status, services.quotas.clock())}\n"
+            "-# Each image counts for 24 h after you asked for it; failed and cancelled ones are free."
+        )
+        await interaction.response.send_message(text, ephemeral=True)
+
+
+async def queue_text(services: Services, user_id: int) -> str:
+    """What `/queue` says to `user_id`: the running job, the queue length, their jobs with
+    position and ETA (until it starts).
+
+    Privacy: the queue is shared by every server and channel the bot is in, so the running
+    job may belong to another server or to a channel the asker cannot see. Its prompt is
+    therefore shown only when it is the asker's own; otherwise it is "another member's
+    image" with its progress, which is all anyone needs to judge the wait. The same holds
+    for other people's queued jobs: they are only counted.
+    """
+    store, scheduler, running = services.store, services.scheduler, services.running
+    now = store.clock()
+    seconds_per_iteration = await store.seconds_per_iteration_estimate()
+    if seconds_per_iteration is None and running is not None:
+        # No finished job yet (fresh install): the running one's own speed is the best guess.
+        seconds_per_iteration = running.seconds_per_iteration
+    running_left = running_remaining_seconds(running, seconds_per_iteration)
+    queued = scheduler.queued_jobs()
+
+    if running is None and not queued:
+        return "The queue is empty and nothing is running: a new image starts right away."
+
+    lines: list[str] = []
+    if running is None:
+        lines.append("**Running now:** nothing.")
+    else:
+        own_job: Job | None = None
+        if running.user_id == user_id:
+            own_job = await store.get_job(running.job_id)
+        whose = f"your image {prompt_preview(own_job.prompt)}" if own_job else (
+            "your image" if running.user_id == user_id else "another member's image"
+        )
+        progress = f"{running.iteration}/{running.total} iterations"
+        left = f", about {format_duration(running_left)} left" if running_left else ""
+        lines.append(f"**Running now:** {whose}: {progress}{left}.")
+
+    noun = "image" if len(queued) == 1 else "images"
+    lines.append(f"**Waiting:** {len(queued)} {noun} in the queue.")
+
+    mine = [job for job in queued if job.user_id == user_id]
+    if not mine:
+        lines.append("You have no images waiting.")
+        return "\n".join(lines)
+    lines.append("**Yours:**")
+    for job in mine:
+        position = scheduler.position(job.id)
+        eta = None
+        if running_left is not None:
+            eta = scheduler.eta_seconds(job.id, seconds_per_iteration, running_left)
+        if eta is None:
+            when = "no time estimate yet (no image has finished yet)"
+        elif eta < 1:
+            when = "starts next"
+        else:
+            when = f"starts {discord_relative_time(now + eta)} (in about {format_duration(eta)})"
+        lines.append(f"#{position} {prompt_preview(job.prompt)} (job `{job.id}`): {when}")
+    return "\n".join(lines)
 
 
 async def setup(bot: commands.Bot) -> None:

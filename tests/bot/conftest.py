@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from bot.app import ImagineBot
 from bot.config import SETTING_NAMES, Settings
@@ -45,9 +47,15 @@ def bot_settings() -> Settings:
     return make_settings()
 
 
-@pytest.fixture
-def simcord_bot(bot_settings: Settings) -> ImagineBot:
-    return ImagineBot(bot_settings)
+@pytest_asyncio.fixture
+async def simcord_bot(bot_settings: Settings) -> AsyncIterator[ImagineBot]:
+    """The bot SimCord drives. SimCord's shutdown does not call `bot.close()`, so close it
+    here: that closes the store and engine, whose threads would otherwise outlive the
+    test's event loop and warn in a later test."""
+    bot = ImagineBot(bot_settings)
+    yield bot
+    if not bot.is_closed():
+        await bot.close()
 
 
 @pytest.fixture

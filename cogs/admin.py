@@ -1,0 +1,284 @@
+"""`/quota ...`: server admins decide who may make how many images per rolling 24 h.
+
+Who counts as an admin: members with Manage Server (or Administrator). The group carries
+`default_permissions(manage_guild=True)`, which only decides who *sees* the commands:
+a server owner can grant them to anyone under Server Settings -> Integrations. So every
+subcommand also checks the permission itself (`_refuse_non_admin`) before touching the
+store, and answers others with an ephemeral "you need Manage Server".
+
+Zero versus unlimited, the one trap here: in the operator's settings DEFAULT_DAILY_QUOTA=0
+means unlimited, but on Discord `images:0` always means "may not make images" and
+unlimited is always said with an explicit `unlimited:True` option (or the role command),
+so no number ever means two things. The command descriptions say so.
+
+All answers are ephemeral (quota decisions are between admins, not a channel
+announcement) and say what changed, from what to what.
+"""
+
+from __future__ import annotations
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.quotas import QuotaStatus
+from cogs.info import (
+    QUOTA_SOURCE_TEXT,
+    describe_limit,
+    format_quota_status,
+    is_admin,
+    member_role_ids,
+    services_of,
+)
+
+#: The largest number of images `/quota set` and `/quota default` accept: far beyond what
+#: one GPU makes in 24 h, so it never gets in the way, while keeping typos like
+#: 2000000000 out of the database.
+MAX_IMAGES = 100_000
+#: How many per-member quotas `/quota show` lists before saying "... and N more"
+#: (a Discord message holds 2000 characters).
+SHOW_MAX_OVERRIDES = 25
+
+NOT_ADMIN_MESSAGE = (
+    "You need the **Manage Server** permission to change or view quotas. "
+    "Use `/usage` to see your own."
+)
+GUILD_ONLY_MESSAGE = "Quotas belong to a server: use `/quota` in a server channel."
+CHOOSE_ONE_MESSAGE = (
+    "Say how many: `images:N` (0 = may not make images) or `unlimited:True`, one of the two."
+)
+
+Images = app_commands.Range[int, 0, MAX_IMAGES]
+
+
+def chosen_limit(images: int | None, unlimited: bool) -> tuple[bool, int | None]:
+    """(valid, limit) from the `images`/`unlimited` option pair; limit None = unlimited.
+
+    Exactly one must be given: `images:5 unlimited:True` is contradictory and neither
+    would leave "0 or unlimited?" to guesswork, which is the ambiguity this avoids.
+    """
+    if unlimited and images is not None:
+        return False, None
+    if unlimited:
+        return True, None
+    if images is None:
+        return False, None
+    return True, images
+
+
+def limit_with_source(status: QuotaStatus) -> str:
+    """`5 images per 24 h (this server's default)`."""
+    return f"{describe_limit(status.limit)} ({QUOTA_SOURCE_TEXT[status.source]})"
+
+
+class Admin(commands.Cog):
+    """The `/quota` command group (Manage Server only)."""
+
+    quota = app_commands.Group(
+        name="quota",
+        description="Daily image quotas on this server (needs Manage Server)",
+        guild_only=True,
+        default_permissions=discord.Permissions(manage_guild=True),
+    )
+
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+
+    @staticmethod
+    async def _refuse_non_admin(interaction: discord.Interaction) -> bool:
+        """Answer and return True unless the caller is an admin in a server.
+
+        The bot's own check; see the module docstring for why `default_permissions`
+        is not enough.
+        """
+        if interaction.guild is None:
+            await interaction.response.send_message(GUILD_ONLY_MESSAGE, ephemeral=True)
+            return True
+        if not is_admin(interaction):
+            await interaction.response.send_message(NOT_ADMIN_MESSAGE, ephemeral=True)
+            return True
+        return False
+
+    @staticmethod
+    async def _status(interaction: discord.Interaction, member: discord.Member) -> QuotaStatus:
+        assert interaction.guild is not None
+        return await services_of(interaction).quotas.check(
+            interaction.guild.id, member.id, member_role_ids(member, interaction.guild)
+        )
+
+    # -------------------------------------------------------------- per member
+
+    @quota.command(name="set", description="Give one member their own daily limit (beats roles and defaults)")
+    @app_commands.describe(
+        member="Who the limit is for",
+        images="Images per rolling 24 h; 0 = this member may not make images",
+        unlimited="True = no limit for this member (instead of images)",
+    )
+    async def set_(
+        self,
+        interaction: discord.Interaction,
+        member: discord.Member,
+        images: Images | None = None,
+        unlimited: bool = False,
+    ) -> None:
+        if await self._refuse_non_admin(interaction):
+            return
+        valid, limit = chosen_limit(images, unlimited)
+        if not valid:
+            await interaction.response.send_message(CHOOSE_ONE_MESSAGE, ephemeral=True)
+            return
+        assert interaction.guild is not None
+        services = services_of(interaction)
+        before = await self._status(interaction, member)
+        await services.store.set_quota_override(interaction.guild.id, member.id, limit)
+        after = await self._status(interaction, member)
+        await interaction.response.send_message(
+            f"{member.mention}'s quota is now **{describe_limit(limit)}**, their own "
+            f"(was {describe_limit(before.limit)}, {QUOTA_SOURCE_TEXT[before.source]}). "
+            "It applies even if they hold an unlimited role.\n"
+            f"Used in the last 24 h: {after.used}"
+            + (f" · left: {after.remaining}." if after.remaining is not None else "."),
+            ephemeral=True,
+        )
+
+    @quota.command(
+        name="reset", description="Remove a member's own limit: roles and the server default apply again"
+    )
+    @app_commands.describe(member="Whose own limit to remove")
+    async def reset(self, interaction: discord.Interaction, member: discord.Member) -> None:
+        if await self._refuse_non_admin(interaction):
+            return
+        assert interaction.guild is not None
+        services = services_of(interaction)
+        removed = await services.store.reset_quota_override(interaction.guild.id, member.id)
+        after = await self._status(interaction, member)
+        if removed:
+            text = f"Removed {member.mention}'s own quota; they now have {limit_with_source(after)}."
+        else:
+            text = (
+                f"{member.mention} had no quota of their own; nothing changed. "
+                f"They have {limit_with_source(after)}."
+            )
+        await interaction.response.send_message(text, ephemeral=True)
+
+    # -------------------------------------------------------------- server-wide
+
+    @quota.command(name="default", description="Set this server's default daily limit for everyone")
+    @app_commands.describe(
+        images="Images per rolling 24 h per member; 0 = nobody may make images by default",
+        unlimited="True = no limit by default (instead of images)",
+    )
+    async def default(
+        self,
+        interaction: discord.Interaction,
+        images: Images | None = None,
+        unlimited: bool = False,
+    ) -> None:
+        if await self._refuse_non_admin(interaction):
+            return
+        valid, limit = chosen_limit(images, unlimited)
+        if not valid:
+            await interaction.response.send_message(CHOOSE_ONE_MESSAGE, ephemeral=True)
+            return
+        assert interaction.guild is not None
+        store = services_of(interaction).store
+        before = await self._server_default_text(interaction)
+        await store.set_guild_default_quota(interaction.guild.id, limit)
+        await interaction.response.send_message(
+            f"This server's default quota is now **{describe_limit(limit)}** (was {before}). "
+            "Members with their own quota or an unlimited role keep theirs.",
+            ephemeral=True,
+        )
+
+    @quota.command(
+        name="reset-default", description="Go back to the bot's configured default limit on this server"
+    )
+    async def reset_default(self, interaction: discord.Interaction) -> None:
+        if await self._refuse_non_admin(interaction):
+            return
+        assert interaction.guild is not None
+        services = services_of(interaction)
+        removed = await services.store.reset_guild_default_quota(interaction.guild.id)
+        configured = describe_limit(services.quotas.default_daily_quota)
+        if removed:
+            text = f"This server now uses the bot's default quota: **{configured}**."
+        else:
+            text = f"This server already uses the bot's default quota ({configured}); nothing changed."
+        await interaction.response.send_message(text, ephemeral=True)
+
+    @quota.command(
+        name="unlimited", description="Make a role's members unlimited, or undo it with remove:True"
+    )
+    @app_commands.describe(
+        role="The role whose members may make any number of images",
+        remove="True = this role is no longer unlimited",
+    )
+    async def unlimited(
+        self, interaction: discord.Interaction, role: discord.Role, remove: bool = False
+    ) -> None:
+        # An explicit add/remove rather than a toggle: running the same command twice
+        # must not silently undo the first.
+        if await self._refuse_non_admin(interaction):
+            return
+        assert interaction.guild is not None
+        store = services_of(interaction).store
+        if remove:
+            changed = await store.remove_unlimited_role(interaction.guild.id, role.id)
+            text = (
+                f"{role.mention} is no longer unlimited; its members get the server default "
+                "(or their own quota)."
+                if changed
+                else f"{role.mention} was not unlimited; nothing changed."
+            )
+        else:
+            changed = await store.add_unlimited_role(interaction.guild.id, role.id)
+            text = (
+                f"{role.mention} is now unlimited: its members may make any number of images, "
+                "except members with their own quota (`/quota set`), which still applies."
+                if changed
+                else f"{role.mention} was already unlimited; nothing changed."
+            )
+        await interaction.response.send_message(text, ephemeral=True)
+
+    # -------------------------------------------------------------- looking
+
+    @quota.command(name="show", description="This server's quota settings, or one member's limit and usage")
+    @app_commands.describe(member="Whose limit and usage to show (leave out for the server's settings)")
+    async def show(self, interaction: discord.Interaction, member: discord.Member | None = None) -> None:
+        if await self._refuse_non_admin(interaction):
+            return
+        assert interaction.guild is not None
+        services = services_of(interaction)
+        if member is not None:
+            status = await self._status(interaction, member)
+            text = f"**{member.mention}**\n{format_quota_status(status, services.quotas.clock())}"
+            await interaction.response.send_message(text, ephemeral=True)
+            return
+        guild_id = interaction.guild.id
+        lines = [f"**Image quotas on this server**\nDefault: {await self._server_default_text(interaction)}."]
+        roles = await services.store.list_unlimited_roles(guild_id)
+        lines.append("Unlimited roles: " + (", ".join(f"<@&{r}>" for r in roles) if roles else "none") + ".")
+        overrides = await services.store.list_quota_overrides(guild_id)
+        if not overrides:
+            lines.append("Members with their own quota: none.")
+        else:
+            lines.append(f"Members with their own quota ({len(overrides)}):")
+            for user_id, limit in list(overrides.items())[:SHOW_MAX_OVERRIDES]:
+                lines.append(f"<@{user_id}>: {describe_limit(limit)}")
+            if len(overrides) > SHOW_MAX_OVERRIDES:
+                lines.append(f"… and {len(overrides) - SHOW_MAX_OVERRIDES} more.")
+        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+
+    @staticmethod
+    async def _server_default_text(interaction: discord.Interaction) -> str:
+        """`10 images per 24 h, this server's own` or `..., the bot's default`."""
+        assert interaction.guild is not None
+        services = services_of(interaction)
+        own = await services.store.get_guild_default_quota(interaction.guild.id)
+        if own is not None:
+            return f"{describe_limit(own.limit)}, this server's own"
+        return f"{describe_limit(services.quotas.default_daily_quota)}, the bot's default"
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Admin(bot))
