@@ -1,0 +1,65 @@
+"""`vqgan-clip worker`: the engine process the bot spawns (frames on stdin/stdout).
+
+Not meant to be run by hand: it speaks `engine.protocol` frames, not text. The bot's
+`bot/engine_client.py` builds this command line from its settings. Torch is imported only
+when the command runs, so `vqgan-clip --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from engine.registry import DEFAULT_CLIP, DEFAULT_VQGAN, default_model_dir
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `worker` sub-command to the `vqgan-clip` parser."""
+    parser = subparsers.add_parser(
+        "worker",
+        help="run the engine process for the bot (binary frames on stdin/stdout)",
+        description=(
+            "Load the models once and serve generation jobs as length-prefixed frames on "
+            "stdin/stdout (see engine/protocol.py). Logs go to stderr. The bot starts this "
+            "itself; you only need it to debug the engine."
+        ),
+    )
+    parser.add_argument("--vqgan", default=DEFAULT_VQGAN,
+                        help=f"VQGAN model name in the model folder (default: {DEFAULT_VQGAN})")
+    parser.add_argument("--vqgan-config", type=Path, default=None,
+                        help="VQGAN yaml config file (overrides --vqgan's file)")
+    parser.add_argument("--vqgan-checkpoint", type=Path, default=None,
+                        help="VQGAN checkpoint file (overrides --vqgan's file)")
+    parser.add_argument("--clip", default=DEFAULT_CLIP,
+                        help=f"CLIP model name or .pt path (default: {DEFAULT_CLIP})")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="folder for model files (default: $MODEL_DIR, else ./models)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
+                        help="where to compute (default: auto = cuda if available)")
+    # For tests of the bot: no torch, no models, solid-colour images after a short sleep.
+    parser.add_argument("--fake", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--fake-seconds-per-iteration", type=float, default=0.01,
+                        help=argparse.SUPPRESS)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until stdin ends or `shutdown` arrives; exit 0 then, 1 if the models can't load."""
+    from engine.worker import FakeJobRunner, load_generator_runner, serve_stdio
+
+    if args.fake:
+        return serve_stdio(lambda: FakeJobRunner(args.fake_seconds_per_iteration))
+
+    def load():
+        from engine.models import ModelSpec
+
+        spec = ModelSpec(
+            vqgan=args.vqgan, clip=args.clip,
+            model_dir=args.model_dir if args.model_dir is not None else default_model_dir(),
+            device=args.device, vqgan_config=args.vqgan_config,
+            vqgan_checkpoint=args.vqgan_checkpoint,
+        )
+        return load_generator_runner(spec)
+
+    return serve_stdio(load)
+

@@ -1,0 +1,331 @@
+"""bot/engine_client.py: spawning, routing, cancelling, supervising the engine worker.
+
+The main flows run the real worker on the tiny models (CPU). Supervision corner cases run
+the same worker with `--fake` (no torch: solid-colour images after a short sleep), and
+start-up failures run small scripts that misbehave on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import pytest_asyncio
+from PIL import Image
+
+from bot.engine_client import (
+    CRASH_MESSAGE,
+    EngineClient,
+    EngineClosedError,
+    SHUTDOWN_MESSAGE,
+    EngineStartError,
+    worker_command,
+    worker_command_for,
+)
+from engine import protocol as p
+
+#: The async tests share the module's event loop, so they can share one real worker.
+module_loop = pytest.mark.asyncio(loop_scope="module")
+
+def real_command(tiny_models) -> list[str]:
+    """What the bot runs (`python -m engine worker ...`), on the tiny models, on CPU."""
+    return worker_command(vqgan=tiny_models.vqgan_name, clip=tiny_models.clip_name,
+                          model_dir=tiny_models.directory, device="cpu", log_level="INFO")
+
+
+FAKE = [sys.executable, "-m", "engine", "worker", "--fake"]
+
+
+def fake_command(seconds_per_iteration: float = 0.005) -> list[str]:
+    return [*FAKE, "--fake-seconds-per-iteration", str(seconds_per_iteration)]
+
+
+def script(code: str) -> list[str]:
+    return [sys.executable, "-c", textwrap.dedent(code)]
+
+
+def job(job_id: str, **options) -> p.Submit:
+    options = {"width": 32, "height": 32, "iterations": 4, "progress_every": 2, "cutn": 2,
+               **options}
+    return p.Submit(job_id, (p.TextPromptSpec("a red square"),), **options)
+
+
+async def collect(stream, timeout: float = 60.0) -> list:
+    async def run():
+        return [event async for event in stream]
+    return await asyncio.wait_for(run(), timeout)
+
+
+async def until(stream, kind, timeout: float = 60.0):
+    """Events up to and including the first of type `kind` (the stream stays open)."""
+    seen = []
+    async def run():
+        async for event in stream:
+            seen.append(event)
+            if isinstance(event, kind):
+                return seen
+        raise AssertionError(f"stream ended without {kind.__name__}: {seen}")
+    return await asyncio.wait_for(run(), timeout)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engine(tiny_models):
+    """One real worker on the tiny models, shared by the tests of the main flows."""
+    client = EngineClient(real_command(tiny_models), ready_timeout=120, ping_interval=1.0,
+                          ping_timeout=30, restart_delay=0.05)
+    await client.start()
+    yield client
+    await client.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def fake_engine():
+    client = EngineClient(fake_command(), ping_interval=0.5, ping_timeout=5, restart_delay=0.05)
+    await client.start()
+    yield client
+    await client.close()
+
+
+# -- the main flows, real engine on tiny models --------------------------------------------------
+
+
+@module_loop
+async def test_ready_info_names_the_device_the_models_and_the_version(engine, tiny_models):
+    info = engine.ready_info
+    assert info.device == "cpu" and info.version == p.PROTOCOL_VERSION
+    assert (info.vqgan, info.clip) == (tiny_models.vqgan_name, tiny_models.clip_name)
+
+
+@module_loop
+async def test_job_streams_started_ordered_jpeg_progress_then_a_png_of_the_size(engine):
+    events = await collect(engine.submit(job("main", width=48, height=32, iterations=4,
+                                             progress_every=2, seed=5)))
+    started, *progress, done = events
+    assert started == p.Started("main")
+    assert [(e.iteration, e.total) for e in progress] == [(2, 4), (4, 4)]
+    for event in progress:
+        assert Image.open(io.BytesIO(event.preview)).format == "JPEG"
+        assert len(event.preview) < 20_000
+    assert isinstance(done, p.Done) and done.seed == 5
+    image = Image.open(io.BytesIO(done.png))
+    assert (image.format, image.size) == ("PNG", (48, 32))
+
+
+@module_loop
+async def test_two_jobs_back_to_back_both_finish_in_order(engine):
+    first = engine.submit(job("first", iterations=2))
+    second = engine.submit(job("second", iterations=2))
+    finished_at = {}
+
+    async def run(stream):
+        events = await collect(stream)
+        finished_at[stream.job_id] = time.monotonic()
+        return events[-1]
+
+    results = await asyncio.gather(run(first), run(second))
+    assert [type(r) for r in results] == [p.Done, p.Done]
+    assert finished_at["first"] < finished_at["second"]
+
+
+@module_loop
+async def test_cancel_mid_run_ends_the_stream_with_cancelled(engine):
+    stream = engine.submit(job("cancel-me", iterations=1000, progress_every=1))
+    await until(stream, p.Progress)
+    await engine.cancel("cancel-me")
+    rest = await collect(stream)
+    assert rest[-1] == p.Cancelled("cancel-me")
+    assert all(isinstance(e, p.Progress) for e in rest[:-1])
+
+
+@module_loop
+async def test_ping_is_answered_while_a_job_is_running(engine):
+    stream = engine.submit(job("busy", iterations=1000, progress_every=1))
+    await until(stream, p.Progress)
+    seconds = await engine.ping(timeout=10)
+    assert seconds < 10
+    # Cancelled (not Done) proves the job was still running after the pong came back.
+    await engine.cancel("busy")
+    assert (await collect(stream))[-1] == p.Cancelled("busy")
+
+
+@module_loop
+async def test_killed_worker_fails_the_running_job_as_a_crash_and_the_next_job_runs(engine):
+    """Last of the real-engine tests: it leaves the shared client on a restarted worker."""
+    restarts = engine.restarts
+    stream = engine.submit(job("doomed", iterations=1000, progress_every=1))
+    await until(stream, p.Progress)
+    old_pid = engine.pid
+    os.kill(old_pid, signal.SIGKILL)
+    assert await collect(stream) == [p.Failed("doomed", CRASH_MESSAGE, p.FAIL_CRASH)]
+    events = await collect(engine.submit(job("after", iterations=2)), timeout=120)
+    assert isinstance(events[-1], p.Done)
+    assert engine.restarts == restarts + 1 and engine.pid not in (None, old_pid)
+
+
+# -- supervision, with the fake worker -----------------------------------------------------------
+
+
+@module_loop
+async def test_job_waiting_behind_a_crashed_one_is_resubmitted_and_finishes(fake_engine):
+    running = fake_engine.submit(job("running", iterations=100_000, progress_every=1))
+    waiting = fake_engine.submit(job("waiting", iterations=3))
+    await until(running, p.Progress)
+    os.kill(fake_engine.pid, signal.SIGKILL)
+    assert (await collect(running))[-1].reason == p.FAIL_CRASH
+    events = await collect(waiting)
+    assert events[0] == p.Started("waiting") and isinstance(events[-1], p.Done)
+
+
+@module_loop
+async def test_hung_worker_that_misses_pongs_is_killed_and_restarted():
+    client = EngineClient(fake_command(), ping_interval=0.1, ping_timeout=0.5,
+                          restart_delay=0.05)
+    await client.start()
+    try:
+        hung_pid = client.pid
+        os.kill(hung_pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while client.restarts == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert client.restarts == 1 and client.pid != hung_pid
+        with pytest.raises(ProcessLookupError):
+            os.kill(hung_pid, 0)  # killed and reaped
+        assert isinstance((await collect(client.submit(job("alive"))))[-1], p.Done)
+    finally:
+        await client.close()
+
+
+@module_loop
+async def test_cancel_of_a_job_queued_in_the_worker_ends_it_cancelled(fake_engine):
+    running = fake_engine.submit(job("ahead", iterations=100_000, progress_every=1))
+    queued = fake_engine.submit(job("behind", iterations=3))
+    await until(running, p.Progress)
+    await fake_engine.cancel("behind")
+    assert await collect(queued) == [p.Cancelled("behind")]
+    await fake_engine.cancel("ahead")
+    assert (await collect(running))[-1] == p.Cancelled("ahead")
+
+
+@module_loop
+async def test_cancel_of_an_unknown_job_is_ignored(fake_engine):
+    await fake_engine.cancel("never-submitted")
+    assert await fake_engine.ping(5) < 5
+
+
+@module_loop
+async def test_duplicate_job_id_is_refused(fake_engine):
+    fake_engine.submit(job("twice", iterations=100_000))
+    with pytest.raises(ValueError, match="twice"):
+        fake_engine.submit(job("twice"))
+    await fake_engine.cancel("twice")
+
+
+@module_loop
+async def test_close_stops_the_worker_and_unfinished_jobs_fail_as_shutdown():
+    client = EngineClient(fake_command())
+    await client.start()
+    process = client._worker.process
+    stream = client.submit(job("interrupted", iterations=100_000, progress_every=1))
+    await until(stream, p.Progress)
+    await client.close()
+    assert (await collect(stream))[-1] == p.Failed("interrupted", SHUTDOWN_MESSAGE,
+                                                   p.FAIL_SHUTDOWN)
+    assert process.returncode == 0
+    with pytest.raises(EngineClosedError):
+        client.submit(job("late"))
+
+
+@module_loop
+async def test_close_while_waiting_to_restart_returns_promptly():
+    client = EngineClient(fake_command(), restart_delay=30)
+    await client.start()
+    waiting = client.submit(job("waiting", iterations=100_000))
+    await until(waiting, p.Started)
+    os.kill(client.pid, signal.SIGKILL)
+    assert (await collect(waiting))[-1].reason == p.FAIL_CRASH
+    started = time.monotonic()
+    await client.close()
+    assert time.monotonic() - started < 5
+
+
+# -- start-up failures ---------------------------------------------------------------------------
+
+
+@module_loop
+async def test_worker_that_exits_before_ready_raises_with_its_exit_code_and_stderr():
+    client = EngineClient(script("""
+        import sys
+        sys.stderr.write("loading...\\nCUDA driver is too old\\n")
+        sys.exit(3)
+    """))
+    with pytest.raises(EngineStartError) as error:
+        await client.start()
+    assert "code 3" in str(error.value) and "CUDA driver is too old" in str(error.value)
+
+
+@module_loop
+async def test_worker_that_never_gets_ready_times_out_and_is_killed():
+    client = EngineClient(script("import time; time.sleep(60)"), ready_timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(EngineStartError, match="not ready after"):
+        await client.start()
+    assert time.monotonic() - started < 10
+
+
+@module_loop
+async def test_worker_of_another_protocol_version_is_refused_with_a_clear_message():
+    client = EngineClient(script("""
+        import sys, time
+        from engine import protocol as p
+        sys.stdout.buffer.write(p.encode_frame({"type": "ready", "version": 999}))
+        sys.stdout.flush()
+        time.sleep(60)
+    """))
+    with pytest.raises(EngineStartError) as error:
+        await client.start()
+    message = str(error.value)
+    assert "version 999" in message and f"speaks {p.PROTOCOL_VERSION}" in message
+    assert "same version" in message
+
+
+@module_loop
+async def test_worker_that_cannot_load_its_models_raises_with_the_engine_message():
+    """What `vqgan-clip worker` does then (tests/engine/test_worker.py checks that side)."""
+    client = EngineClient(script("""
+        import sys
+        from engine import protocol as p
+        message = "cannot start the engine: tiny_vqgan.ckpt is missing from ./models"
+        sys.stdout.buffer.write(p.encode_message(p.Error(message, fatal=True)))
+        sys.stdout.flush()
+        sys.exit(1)
+    """))
+    with pytest.raises(EngineStartError, match="tiny_vqgan.ckpt is missing from ./models"):
+        await client.start()
+
+
+# -- command line and import hygiene -------------------------------------------------------------
+
+
+def test_worker_command_runs_this_python_with_the_settings_models():
+    class Settings:
+        vqgan_model = "vqgan_imagenet_f16_16384"; clip_model = "ViT-B/32"
+        model_dir = "/models"; device = "cuda"; vqgan_config = None
+        vqgan_checkpoint = None; log_level = "INFO"
+
+    assert worker_command_for(Settings()) == [
+        sys.executable, "-m", "engine", "--log-level", "INFO", "worker",
+        "--vqgan", "vqgan_imagenet_f16_16384", "--clip", "ViT-B/32", "--model-dir", "/models",
+        "--device", "cuda"]
+
+
+def test_importing_the_client_does_not_import_torch():
+    code = "import sys, bot.engine_client; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
