@@ -8,12 +8,13 @@ import discord
 from discord.ext import commands
 
 from bot.config import Settings
+from bot.runner import JobRunner
 from bot.services import Engine, Services
 
 log = logging.getLogger(__name__)
 
 #: Extensions loaded by `setup_hook`, in order. Each is a module with `async def setup(bot)`.
-COGS: tuple[str, ...] = ("cogs.info",)
+COGS: tuple[str, ...] = ("cogs.info", "cogs.admin", "cogs.generate")
 
 #: Everything the bot needs in a channel, and nothing more. The invite URL asks for exactly
 #: these; README documents them. Why each:
@@ -95,10 +96,13 @@ class ImagineBot(commands.Bot):
         self._engine_override = engine
         #: Store, queue, quotas and engine client; opened in `setup_hook`.
         self.services: Services | None = None
+        #: Feeds the engine from the queue and updates the job messages; made in `setup_hook`.
+        self.runner: JobRunner | None = None
         self.synced_commands: list[discord.app_commands.AppCommand] = []
 
     async def setup_hook(self) -> None:
-        """Load the cogs, then register the slash commands with Discord.
+        """Open the services, restore the queue, load the cogs, sync the slash commands,
+        then start the job runner.
 
         Runs once, after login and before the gateway connects. With DEV_GUILD_ID the
         global commands are copied to that one server and synced there, which Discord
@@ -106,6 +110,9 @@ class ImagineBot(commands.Bot):
         list is left untouched then, so a test server does not wipe production commands.
         """
         self.services = await Services.open(self.settings, engine=self._engine_override)
+        self.runner = JobRunner(self, self.services)
+        # Before any command can arrive, so restored jobs keep their place in line.
+        await self.runner.restore()
         for name in self.cog_names:
             await self.load_extension(name)
             log.debug("loaded extension %s", name)
@@ -123,9 +130,17 @@ class ImagineBot(commands.Bot):
             len(self.synced_commands), where,
             ", ".join(f"/{c.name}" for c in self.synced_commands) or "none",
         )
+        self.runner.start()
 
     async def close(self) -> None:
-        """Log out, then stop the engine and close the database."""
+        """Stop taking jobs, log out, then stop the engine and close the database.
+
+        The runner stops first so no job starts on an engine that is going away; a job
+        in progress stays `running` in the store and resumes at the next start.
+        """
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            await runner.stop()
         try:
             await super().close()
         finally:

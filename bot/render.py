@@ -1,0 +1,198 @@
+"""What the job messages say: the queued answer, the progress embed, the result, failures.
+
+Pure functions from job state to text and `discord.Embed`s, so the wording lives in one
+place and tests can check it without a running bot. Images travel as message attachments
+and the embeds point at them with `attachment://NAME` (Discord shows an attached file
+inside the embed that names it, instead of as a separate file under the message).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import discord
+
+from bot.jobs import Job
+from bot.quotas import discord_relative_time
+
+#: Colours per state, so a glance at the channel tells waiting, working, done, failed.
+COLOUR_QUEUED = discord.Colour.light_grey()
+COLOUR_RUNNING = discord.Colour.blurple()
+COLOUR_DONE = discord.Colour.green()
+COLOUR_FAILED = discord.Colour.red()
+COLOUR_CANCELLED = discord.Colour.dark_grey()
+
+BAR_WIDTH = 20
+#: Embed titles are limited to 256 characters; prompts may be 500.
+TITLE_LIMIT = 250
+
+
+def progress_bar(iteration: int, total: int, width: int = BAR_WIDTH) -> str:
+    """`████████░░░░░░░░░░░░ 40%`: readable on every client, no custom emoji needed."""
+    fraction = 0.0 if total <= 0 else min(1.0, max(0.0, iteration / total))
+    filled = int(round(fraction * width))
+    return "█" * filled + "░" * (width - filled) + f" {int(fraction * 100)}%"
+
+
+def format_seconds(seconds: float) -> str:
+    """`45 s`, `3 min`, `1 h 5 min`: coarse on purpose; an ETA is an estimate."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{max(1, math.ceil(seconds))} s"
+    minutes = math.ceil(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+def short_prompt(prompt: str, limit: int = TITLE_LIMIT) -> str:
+    prompt = " ".join(prompt.split())
+    return prompt if len(prompt) <= limit else prompt[: limit - 1] + "…"
+
+
+def size_text(job: Job) -> str:
+    width, height = job.params.get("width"), job.params.get("height")
+    return f"{width}×{height}" if width and height else "?"
+
+
+def describe_kind(job: Job) -> str:
+    if job.kind == "edit":
+        replace = job.params.get("replace")
+        return f"Editing ({replace!r} → prompt)" if replace else "Editing"
+    if job.kind == "reroll":
+        return "Reroll"
+    return "Imagining"
+
+
+def describe_done(job: Job) -> str:
+    if job.kind == "edit":
+        replace = job.params.get("replace")
+        return f"Edited ({replace!r} → prompt)" if replace else "Edited"
+    if job.kind == "reroll":
+        return "Rerolled"
+    return "Imagined"
+
+
+def queued_answer(job: Job, position: int | None, eta_seconds: float | None) -> str:
+    """The ephemeral answer to the command: it is queued, where, and roughly when."""
+    place = f"position {position} in the queue" if position is not None else "in the queue"
+    if eta_seconds is None:
+        when = "no time estimate yet (this is the first image since the bot started)"
+    else:
+        when = f"ready in about {format_seconds(eta_seconds)}"
+    return (
+        f"Queued job `{job.id}`, {place}, {when}. "
+        "Its progress appears in this channel; use the **Cancel** button there to stop it."
+    )
+
+
+def _base_embed(job: Job, colour: discord.Colour) -> discord.Embed:
+    embed = discord.Embed(title=short_prompt(job.prompt), colour=colour)
+    embed.set_footer(text=f"job {job.id} · {size_text(job)} · {job.iterations} iterations")
+    return embed
+
+
+def queued_embed(job: Job, position: int | None, eta_seconds: float | None,
+                 now: float | None = None) -> discord.Embed:
+    """A waiting job. The ETA is a Discord timestamp (`<t:EPOCH:R>`), which every client
+    shows as a live "in 4 minutes", so the message stays right without being edited."""
+    embed = _base_embed(job, COLOUR_QUEUED)
+    lines = [f"{describe_kind(job)} for <@{job.user_id}>", "Waiting in the queue"
+             + (f" (#{position})" if position is not None else "") + "."]
+    if eta_seconds is not None:
+        ready_at = (time.time() if now is None else now) + eta_seconds
+        lines.append(f"Expected to be ready {discord_relative_time(ready_at)}.")
+    embed.description = "\n".join(lines)
+    return embed
+
+
+def waiting_for_engine_embed(job: Job, problem: str, retry_in: float) -> discord.Embed:
+    """Shown on waiting jobs while the engine cannot start: the job is safe, not lost."""
+    embed = _base_embed(job, COLOUR_QUEUED)
+    embed.description = (
+        f"{describe_kind(job)} for <@{job.user_id}>\n"
+        f"Waiting: the image engine is not running ({short_prompt(problem, 300)}). "
+        f"The bot retries in {format_seconds(retry_in)}; your job keeps its place."
+    )
+    return embed
+
+
+def started_embed(job: Job) -> discord.Embed:
+    embed = _base_embed(job, COLOUR_RUNNING)
+    embed.description = f"{describe_kind(job)} for <@{job.user_id}>\nStarting…\n`{progress_bar(0, job.iterations)}`"
+    return embed
+
+
+def progress_embed(
+    job: Job, iteration: int, total: int, eta_seconds: float | None, preview_name: str | None
+) -> discord.Embed:
+    embed = _base_embed(job, COLOUR_RUNNING)
+    lines = [
+        f"{describe_kind(job)} for <@{job.user_id}>",
+        f"`{progress_bar(iteration, total)}` iteration {iteration}/{total}",
+    ]
+    if eta_seconds is not None:
+        lines.append(f"About {format_seconds(eta_seconds)} left.")
+    embed.description = "\n".join(lines)
+    if preview_name:
+        embed.set_image(url=f"attachment://{preview_name}")
+    return embed
+
+
+def result_embed(job: Job, *, seed: int, seconds: float, width: int, height: int,
+                 image_name: str) -> discord.Embed:
+    embed = discord.Embed(title=short_prompt(job.prompt), colour=COLOUR_DONE)
+    embed.description = f"{describe_done(job)} for <@{job.user_id}>"
+    if len(" ".join(job.prompt.split())) > TITLE_LIMIT:  # the title was shortened
+        embed.add_field(name="Prompt", value=job.prompt[:1024], inline=False)
+    embed.add_field(name="Seed", value=f"`{seed}`")
+    embed.add_field(name="Size", value=f"{width}×{height}")
+    embed.add_field(name="Time", value=format_seconds(seconds))
+    embed.set_image(url=f"attachment://{image_name}")
+    embed.set_footer(text=f"job {job.id} · {job.iterations} iterations")
+    return embed
+
+
+def not_charged(message: str) -> str:
+    """Append "you were not charged" unless the engine's message already says so."""
+    text = message.strip().rstrip(".")
+    if "not charged" in text.lower():
+        return text + "."
+    return text + ". You were not charged for this image."
+
+
+def failed_embed(job: Job, message: str) -> discord.Embed:
+    embed = _base_embed(job, COLOUR_FAILED)
+    embed.description = f"{describe_kind(job)} for <@{job.user_id}>\n**Failed:** {not_charged(message)}"
+    return embed
+
+
+def cancelled_embed(job: Job, by_user_id: int | None = None) -> discord.Embed:
+    embed = _base_embed(job, COLOUR_CANCELLED)
+    who = f" by <@{by_user_id}>" if by_user_id is not None else ""
+    embed.description = (
+        f"{describe_kind(job)} for <@{job.user_id}>\n**Cancelled**{who}. It was not charged."
+    )
+    return embed
+
+
+def apology_embed(job: Job) -> discord.Embed:
+    """An unexpected error (a bug): say sorry, name the job id for the operator's logs."""
+    embed = _base_embed(job, COLOUR_FAILED)
+    embed.description = (
+        f"{describe_kind(job)} for <@{job.user_id}>\n"
+        f"Sorry, something went wrong on our side with job `{job.id}`. You were not charged; "
+        "please try again, and if it keeps happening tell the server admin this job id."
+    )
+    return embed
+
+
+def interrupted_embed(job: Job) -> discord.Embed:
+    embed = _base_embed(job, COLOUR_QUEUED)
+    embed.description = (
+        f"{describe_kind(job)} for <@{job.user_id}>\n"
+        "Interrupted: the bot is restarting. This image starts again when it is back."
+    )
+    return embed

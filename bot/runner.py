@@ -1,0 +1,408 @@
+"""The job runner: the one background task that feeds the engine from the queue and keeps
+each job's channel message up to date.
+
+Life of a job here: the runner waits until the queue holds a job, makes sure the engine
+is running (starting it if needed, retrying with backoff while it cannot start), takes the
+next job by the fair rule (`Scheduler.pop_nowait`), marks it running, submits it to the
+engine and turns the engine's events into edits of the job's progress message:
+
+- `Progress` -> the newest preview JPEG (attached, shown as the embed image), a progress
+  bar and an ETA, at most once per PROGRESS_INTERVAL seconds. A Discord error while
+  editing progress is logged and ignored: the picture matters more than the preview.
+- `Done` -> the PNG saved as RESULTS_DIR/<job id>.png, the job marked done, and the
+  progress message edited into the result (PNG, prompt, seed, time, Reroll/Edit buttons).
+  If that message is gone, the result is posted as a new message.
+- `Failed` -> marked failed (not charged) and the plain reason shown.
+- `Cancelled` -> marked cancelled (not charged).
+
+All messages are ordinary channel messages edited with the bot token, never through the
+interaction token (which dies after 15 minutes), so jobs of any length finish properly.
+
+Restarts: `restore()` (called from setup_hook, before any command can arrive) puts the
+jobs a stopped bot left running back at the front of the queue, followed by the queued
+ones; their progress message ids are in the store, so the same messages go on updating.
+A job interrupted by shutdown stays `running` in the store for exactly that reason.
+
+The engine is started when the first job is waiting, not at boot: an idle bot holds no GPU
+memory and comes online at once, and `python -m bot` has already checked the model files
+at start-up. Once started, the engine client supervises (restarts) the worker itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot import render
+from bot.jobs import Job, JobStatus
+from bot.services import RunningJob
+from bot.store import JobStateError
+from bot.submission import JOB_QUEUED_EVENT, estimate
+from bot.views import progress_view, result_view
+from engine import protocol
+from engine.prompts import parse_prompt
+
+if TYPE_CHECKING:
+    from bot.services import Services
+
+log = logging.getLogger(__name__)
+
+#: Seconds between attempts to start an engine that fails to start; the last repeats.
+ENGINE_RETRY_DELAYS: tuple[float, ...] = (5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+#: Progress events per job asked of the engine; the edit throttle thins them further.
+PROGRESS_EVENTS_PER_JOB = 25
+
+
+class JobInputMissing(Exception):
+    """An input image of the job is no longer on disk; `str(e)` is for the user."""
+
+
+class JobRunner:
+    """See the module docstring. One per bot; `start()` after `restore()`, `stop()` at close."""
+
+    def __init__(self, bot: discord.Client, services: Services) -> None:
+        self.bot = bot
+        self.services = services
+        self._task: asyncio.Task[None] | None = None
+        self._engine_started = False
+        #: The job between leaving the queue and its last event; cancels go through here.
+        self._current: Job | None = None
+        self._submitted = False
+        #: job id -> who asked to cancel it (while it is current).
+        self._cancel_requests: dict[str, int | None] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def restore(self) -> list[Job]:
+        """Queue the jobs a previous run left: interrupted (running) ones first."""
+        store = self.services.store
+        requeued = await store.requeue_running()
+        seen = {job.id for job in requeued}
+        queued = [job for job in await store.jobs_with_status(JobStatus.QUEUED) if job.id not in seen]
+        jobs = requeued + queued
+        self.services.scheduler.restore(jobs)
+        if jobs:
+            log.info("restored %d job(s) from the database (%d interrupted by the restart)",
+                     len(jobs), len(requeued))
+        return jobs
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="vqgan-clip job runner")
+
+    async def stop(self) -> None:
+        """Stop taking jobs. A job in progress stays `running` in the store, so the next
+        start resumes it; the engine itself is stopped by `Services.close`."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    @property
+    def current_job_id(self) -> str | None:
+        return self._current.id if self._current is not None else None
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug here must not silently stop all image making: log it and go on.
+                log.exception("the job runner hit an unexpected error; continuing")
+                await asyncio.sleep(1.0)
+
+    async def _run_once(self) -> None:
+        """Wait for a job, make sure the engine runs, run the next job by the fair rule."""
+        scheduler = self.services.scheduler
+        while len(scheduler) == 0:
+            # A discord.py custom event (dispatched by whoever queues a job) rather than
+            # the scheduler's own wait: any cog can wake the runner without importing it.
+            await self.bot.wait_for(JOB_QUEUED_EVENT)
+        await self._ensure_engine()
+        job = scheduler.pop_nowait()
+        if job is None:  # cancelled while the engine was starting
+            return
+        # No await between taking the job and making it current: a Cancel click always
+        # finds it either in the queue or here.
+        self._current = job
+        self._submitted = False
+        try:
+            await self._process(job)
+        finally:
+            self._current = None
+            self._submitted = False
+            self._cancel_requests.pop(job.id, None)
+            self.services.running = None
+
+    async def _ensure_engine(self) -> None:
+        """Start the engine once; while it can't start, keep the jobs waiting and say so."""
+        engine = self.services.engine
+        if self._engine_started or engine.ready_info is not None:
+            self._engine_started = True
+            return
+        attempt = 0
+        while True:
+            try:
+                ready = await engine.start()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                delay = ENGINE_RETRY_DELAYS[min(attempt, len(ENGINE_RETRY_DELAYS) - 1)]
+                attempt += 1
+                log.error("the image engine could not start (attempt %d): %s\n"
+                          "jobs wait in the queue; retrying in %.0f s", attempt, error, delay)
+                first_line = (str(error).strip().splitlines() or [error.__class__.__name__])[0]
+                await self._tell_waiting(first_line, delay)
+                await asyncio.sleep(delay)
+                continue
+            self._engine_started = True
+            log.info("image engine ready: %s", ready)
+            if attempt:
+                await self._tell_queued()  # replace the "engine is not running" notes
+            return
+
+    async def _tell_waiting(self, problem: str, retry_in: float) -> None:
+        for job in self.services.scheduler.queued_jobs():
+            await self._edit(job, embed=render.waiting_for_engine_embed(job, problem, retry_in))
+
+    async def _tell_queued(self) -> None:
+        for job in self.services.scheduler.queued_jobs():
+            position, eta = await estimate(self.services, job.id)
+            await self._edit(job, embed=render.queued_embed(job, position, eta))
+
+    # ------------------------------------------------------------------ one job
+
+    async def _process(self, job: Job) -> None:
+        """Run one job to its end. Never raises (but for cancellation of the runner):
+        an unexpected error fails this job, with an apology naming its id, not the loop."""
+        try:
+            try:
+                job = await self.services.store.mark_running(job.id)
+            except JobStateError:  # cancelled between leaving the queue and now
+                return
+            self._current = job
+            if job.id in self._cancel_requests:
+                await self._cancelled(job)
+                return
+            try:
+                submit = self._build_submit(job)
+            except JobInputMissing as error:
+                await self._failed(job, str(error))
+                return
+            self.services.running = RunningJob(job.id, job.user_id, 0, job.iterations, time.time())
+            await self._edit(job, embed=render.started_embed(job), view=progress_view(job.id))
+            last_edit = time.monotonic()
+            self._submitted = True
+            async for event in self.services.engine.submit(submit):
+                if isinstance(event, protocol.Progress):
+                    last_edit = await self._progress(job, event, last_edit)
+                elif isinstance(event, protocol.Done):
+                    await self._done(job, event)
+                    return
+                elif isinstance(event, protocol.Failed):
+                    if event.reason == protocol.FAIL_SHUTDOWN:
+                        # The bot is stopping: leave the job `running` so the next start
+                        # resumes it (requeue_running), and say so.
+                        await self._edit(job, embed=render.interrupted_embed(job), view=None)
+                        return
+                    await self._failed(job, event.message)
+                    return
+                elif isinstance(event, protocol.Cancelled):
+                    await self._cancelled(job)
+                    return
+            raise RuntimeError("the engine's event stream ended without a result")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("job %s failed unexpectedly", job.id)
+            with contextlib.suppress(Exception):
+                await self.services.engine.cancel(job.id)
+            try:
+                job = await self.services.store.mark_failed(job.id, f"internal error (job {job.id})")
+            except Exception:
+                log.exception("job %s: could not mark it failed", job.id)
+            await self._edit(job, embed=render.apology_embed(job), attachments=[], view=None)
+
+    def _build_submit(self, job: Job) -> protocol.Submit:
+        params = job.params
+        prompts = tuple(protocol.TextPromptSpec(p.text, p.weight) for p in parse_prompt(job.prompt))
+        init_image = self._read_input(job.input_path) if job.input_path else None
+        image_prompts: tuple[protocol.ImagePromptSpec, ...] = ()
+        if params.get("image_prompt_path"):
+            image_prompts = (protocol.ImagePromptSpec(self._read_input(params["image_prompt_path"])),)
+        settings = self.services.settings
+        return protocol.Submit(
+            job=job.id,
+            prompts=prompts,
+            width=int(params.get("width") or settings.default_size[0]),
+            height=int(params.get("height") or settings.default_size[1]),
+            iterations=job.iterations,
+            seed=params.get("seed"),
+            cutn=int(params.get("cutn") or settings.default_cutn),
+            image_prompts=image_prompts,
+            init_image=init_image,
+            replace=params.get("replace"),
+            progress_every=max(1, job.iterations // PROGRESS_EVENTS_PER_JOB),
+        )
+
+    def _read_input(self, relative: str) -> bytes:
+        try:
+            return (self.services.results_dir / relative).read_bytes()
+        except OSError:
+            raise JobInputMissing(
+                "the image this job starts from is no longer on the bot's disk; "
+                "attach it again with /edit"
+            ) from None
+
+    async def _progress(self, job: Job, event: protocol.Progress, last_edit: float) -> float:
+        running = self.services.running
+        seconds_per_iteration = event.elapsed / event.iteration if event.iteration > 0 and event.elapsed > 0 else None
+        if running is not None and running.job_id == job.id:
+            running.iteration = event.iteration
+            running.total = event.total
+            if seconds_per_iteration is not None:
+                running.seconds_per_iteration = seconds_per_iteration
+        now = time.monotonic()
+        if now - last_edit < self.services.settings.progress_interval:
+            return last_edit
+        eta = None
+        if seconds_per_iteration is not None:
+            eta = max(0, event.total - event.iteration) * seconds_per_iteration
+        fields: dict[str, Any] = {}
+        preview_name = None
+        if event.preview:
+            preview_name = f"preview-{job.id}-{event.iteration}.jpg"
+            fields["attachments"] = [discord.File(io.BytesIO(event.preview), filename=preview_name)]
+        fields["embed"] = render.progress_embed(job, event.iteration, event.total, eta, preview_name)
+        await self._edit(job, **fields)
+        return now
+
+    async def _done(self, job: Job, event: protocol.Done) -> None:
+        name = f"{job.id}.png"
+        path = self.services.results_dir / name
+        temporary = path.with_name(name + ".part")
+        temporary.write_bytes(event.png)
+        temporary.replace(path)
+        job = await self.services.store.mark_done(
+            job.id, result_path=name, seed=event.seed, seconds=event.seconds,
+            iterations=event.iterations or job.iterations,
+        )
+        width = event.width or int(job.params.get("width") or 0)
+        height = event.height or int(job.params.get("height") or 0)
+
+        def message_fields() -> dict[str, Any]:
+            # A File can be sent once; build a fresh one per attempt.
+            return {
+                "embed": render.result_embed(job, seed=event.seed, seconds=event.seconds,
+                                             width=width, height=height, image_name=name),
+                "view": result_view(job.id),
+                "file": discord.File(io.BytesIO(event.png), filename=name),
+            }
+
+        message_id = await self._show_final(job, message_fields)
+        if message_id is not None:
+            await self.services.store.update_job(job.id, result_message_id=message_id)
+        log.info("job %s done in %.1f s (seed %s)", job.id, event.seconds, event.seed)
+
+    async def _failed(self, job: Job, message: str) -> None:
+        try:
+            job = await self.services.store.mark_failed(job.id, message)
+        except JobStateError as error:
+            log.warning("job %s: %s", job.id, error)
+        log.info("job %s failed: %s", job.id, message)
+        await self._show_final(job, lambda: {"embed": render.failed_embed(job, message), "view": None})
+
+    async def _cancelled(self, job: Job) -> None:
+        by = self._cancel_requests.get(job.id)
+        try:
+            job = await self.services.store.mark_cancelled(job.id)
+        except JobStateError as error:
+            log.warning("job %s: %s", job.id, error)
+        await self._show_final(job, lambda: {"embed": render.cancelled_embed(job, by), "view": None})
+
+    # ------------------------------------------------------------------ cancelling
+
+    async def cancel(self, job_id: str, *, by_user_id: int | None = None) -> str:
+        """Cancel a queued or running job; returns what to tell the person who asked.
+
+        The caller has checked that they may. Queued: removed at once. Running: the engine
+        is asked to stop; the job's message changes when it has.
+        """
+        services = self.services
+        if services.scheduler.remove(job_id) is not None:
+            try:
+                job = await services.store.mark_cancelled(job_id)
+            except JobStateError as error:
+                return f"Job `{job_id}` could not be cancelled: it is {error.current.value}."
+            await self._edit(job, embed=render.cancelled_embed(job, by_user_id), attachments=[], view=None)
+            return f"Cancelled job `{job_id}` before it started. It was not charged."
+        current = self._current
+        if current is not None and current.id == job_id:
+            self._cancel_requests[job_id] = by_user_id
+            if self._submitted:
+                await services.engine.cancel(job_id)
+            return f"Stopping job `{job_id}`… It will not be charged."
+        job = await services.store.get_job(job_id)
+        if job is None:
+            return f"I have no record of job `{job_id}`."
+        if job.status.is_finished:
+            return f"Job `{job_id}` has already {job.status.value}."
+        # Queued in the store but in no queue (should not happen): settle it.
+        job = await services.store.mark_cancelled(job_id)
+        await self._edit(job, embed=render.cancelled_embed(job, by_user_id), attachments=[], view=None)
+        return f"Cancelled job `{job_id}`. It was not charged."
+
+    # ------------------------------------------------------------------ messages
+
+    def _message(self, job: Job, message_id: int) -> discord.PartialMessage:
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        return channel.get_partial_message(message_id)
+
+    async def _edit(self, job: Job, **fields: Any) -> bool:
+        """Edit the job's progress message; a failure is logged, never raised (a lost
+        preview must not cost the picture)."""
+        if job.progress_message_id is None:
+            return False
+        try:
+            await self._message(job, job.progress_message_id).edit(**fields)
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.warning("job %s: could not edit its message %s: %s",
+                        job.id, job.progress_message_id, error)
+            return False
+
+    async def _show_final(self, job: Job, make_fields: Any) -> int | None:
+        """Turn the progress message into the final one (result, failure, cancel); if that
+        message is gone or can't be edited, post a new one. Returns the message id."""
+        fields = make_fields()
+        file = fields.pop("file", None)
+        if job.progress_message_id is not None:
+            edit_fields = dict(fields, attachments=[file] if file is not None else [])
+            if await self._edit(job, **edit_fields):
+                return job.progress_message_id
+        fields = make_fields()
+        try:
+            channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+            if fields.get("view") is None:
+                fields.pop("view", None)
+            message = await channel.send(content=f"<@{job.user_id}>", **fields)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.error("job %s: could not post its final message in channel %s: %s",
+                      job.id, job.channel_id, error)
+            return None
+        return message.id

@@ -1,0 +1,142 @@
+"""End to end: SimCord Discord -> the real bot -> a real engine worker process on the tiny
+random models (tests/conftest.py `tiny_models`) -> back to the channel.
+
+Slow-ish (the worker imports torch and loads the models once per test), so only the two
+journeys that matter: `/imagine` and `/edit` with an attachment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from bot.engine_client import EngineClient, worker_command
+from bot.jobs import Job, JobStatus
+from engine import protocol
+from tests.bot.fake_engine import World, png_bytes, running_world, text_of
+
+#: Seconds a tiny job may take on a busy CPU before the test gives up.
+JOB_TIMEOUT = 120
+
+
+class ExternallyWaited:
+    """The real engine client, with its waits declared to SimCord as external input.
+
+    SimCord settles each simulated interaction by waiting for the bot's own tasks; time
+    spent computing in another process is outside input to it, which the bot code cannot
+    declare itself. The client is started by the test (outside the bot's tasks), so its
+    supervision tasks are not the bot's; the runner sees `ready_info` and does not start it.
+    """
+
+    def __init__(self, inner: EngineClient) -> None:
+        self.inner = inner
+        self.env: Any = None
+
+    def attach(self, env: Any) -> ExternallyWaited:
+        self.env = env
+        return self
+
+    def release(self) -> None:  # running_world's teardown calls this on fakes
+        pass
+
+    @property
+    def ready_info(self) -> protocol.Ready | None:
+        return self.inner.ready_info
+
+    async def start(self) -> protocol.Ready:
+        return await self.inner.start()
+
+    def submit(self, job: protocol.Submit) -> AsyncIterator[protocol.JobEvent]:
+        return self._events(self.inner.submit(job))
+
+    async def _events(self, stream: Any) -> AsyncIterator[protocol.JobEvent]:
+        iterator = stream.__aiter__()
+        while True:
+            try:
+                event = await self.env.external_wait(iterator.__anext__(), reason="engine computing")
+            except StopAsyncIteration:
+                return
+            yield event
+
+    async def cancel(self, job_id: str) -> None:
+        await self.inner.cancel(job_id)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def tiny_worker_command(tiny_models: Any) -> list[str]:
+    """The bot's own command line for the worker (`python -m engine worker ...`), on the
+    tiny models, on the CPU."""
+    return worker_command(vqgan=tiny_models.vqgan_name, clip=tiny_models.clip_name,
+                          model_dir=tiny_models.directory, device="cpu")
+
+
+@pytest.fixture
+async def real_engine(tiny_models: Any) -> AsyncIterator[ExternallyWaited]:
+    # One CPU thread: the tiny models gain nothing from more, and on a busy machine torch's
+    # thread pool spinning against other processes made a 10-iteration job take 15 s, not 1.
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    client = EngineClient(tiny_worker_command(tiny_models), env=environment, ready_timeout=120)
+    await client.start()
+    try:
+        yield ExternallyWaited(client)
+    finally:
+        await client.close()
+
+
+async def finished(world: World) -> Job:
+    """Wait (in real time: the work happens in the engine process) for the only job to end."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + JOB_TIMEOUT
+    while True:
+        (job,) = await world.services.store.jobs_with_status()
+        if job.status.is_finished:
+            await world.env.settle()
+            return job
+        assert loop.time() < deadline, f"job still {job.status} after {JOB_TIMEOUT} s"
+        await asyncio.sleep(0.1)
+
+
+def preview_edit_count(world: World, message_id: int) -> int:
+    return sum(1 for body in world.edits_of(message_id)
+               if any(a.get("filename", "").endswith(".jpg") for a in body.get("attachments") or []))
+
+
+E2E_SETTINGS = dict(default_size=(64, 64), max_size=(64, 64), default_iterations=10,
+                    default_cutn=4, max_cutn=4, progress_interval=0.0)
+
+
+async def test_imagine_end_to_end_with_a_real_engine(real_engine: ExternallyWaited) -> None:
+    async with running_world(real_engine, **E2E_SETTINGS) as world:  # type: ignore[arg-type]
+        result = await world.alice.slash(world.channel, "imagine", prompt="a red apple + a blue sky")
+        assert "Queued job" in text_of(result)
+        job = await finished(world)
+        assert job.status is JobStatus.DONE, job.error
+        (message,) = world.bot_messages()
+        assert preview_edit_count(world, message.id) >= 2
+        (attachment,) = message.attachments
+        image = Image.open(io.BytesIO(await attachment.read()))
+        assert (image.format, image.size) == ("PNG", (64, 64))
+        assert [c.label for row in message.components for c in row.children] == ["Reroll", "Edit"]
+        assert job.seed is not None and job.iterations == 10
+
+
+async def test_edit_with_an_attachment_end_to_end_with_a_real_engine(real_engine: ExternallyWaited) -> None:
+    async with running_world(real_engine, **E2E_SETTINGS) as world:  # type: ignore[arg-type]
+        source = png_bytes(64, 64, (250, 200, 30))
+        result = await world.alice.slash(world.channel, "edit", prompt="a green field",
+                                         image=("source.png", source))
+        assert "Queued job" in text_of(result)
+        job = await finished(world)
+        assert job.status is JobStatus.DONE, job.error
+        assert (world.services.results_dir / job.input_path).read_bytes() == source
+        (message,) = world.bot_messages()
+        image = Image.open(io.BytesIO(await message.attachments[0].read()))
+        assert image.size == (64, 64)
