@@ -1,0 +1,126 @@
+"""`vqgan-clip imagine` / `edit` end to end on the tiny models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from engine.cli import main
+from engine.images import png_metadata
+
+
+def _tiny_args(tiny_models) -> list[str]:
+    return ["--vqgan", tiny_models.gumbel_name, "--clip", tiny_models.clip_name,
+            "--model-dir", str(tiny_models.directory), "--device", "cpu", "--cutn", "4", "--no-progress"]
+
+
+def test_imagine_writes_png_with_metadata_frames_and_timelapse(tiny_models, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out" / "forest.png"
+    code = main(["imagine", "a forest rendered in low poly", "-o", str(out), "--size", "32x24",
+                 "--iterations", "4", "--seed", "5", "--save-every", "2",
+                 "--timelapse", str(tmp_path / "forest.webp"), *_tiny_args(tiny_models)])
+    assert code == 0
+    meta = png_metadata(out.read_bytes())
+    assert meta["prompt"] == "a forest rendered in low poly" and meta["seed"] == "5"
+    assert meta["size"] == "32x24" and meta["vqgan"] == tiny_models.gumbel_name
+    assert sorted(p.name for p in out.parent.glob("forest_*.png")) == ["forest_0002.png", "forest_0004.png"]
+    with Image.open(tmp_path / "forest.webp") as animation:
+        assert animation.format == "WEBP" and animation.size == (32, 24)
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "seed 5" in printed
+
+
+def test_edit_with_mask_and_image_prompt(tiny_models, tmp_path: Path, capsys) -> None:
+    photo, mask, hint = tmp_path / "photo.jpg", tmp_path / "mask.png", tmp_path / "hint.png"
+    Image.new("RGB", (64, 32), (30, 120, 40)).save(photo)
+    painted = Image.new("L", (64, 32), 0)
+    painted.paste(255, (0, 0, 32, 32))
+    painted.save(mask)
+    Image.new("RGB", (16, 16), (200, 200, 0)).save(hint)
+    out = tmp_path / "edited.png"
+    code = main(["edit", str(photo), "withered flowers", "--mask", str(mask), "-o", str(out),
+                 "--size", "32x16", "--iterations", "2", "--image-prompt", f"{hint}:0.5",
+                 "--timelapse", str(tmp_path / "edit.gif"), *_tiny_args(tiny_models)])
+    assert code == 0
+    meta = png_metadata(out.read_bytes())
+    assert meta["mode"] == "edit" and meta["mask"] == "user mask" and meta["image_prompts"] == "0.5"
+    with Image.open(tmp_path / "edit.gif") as animation:
+        assert animation.format == "GIF"
+    assert "seed" in capsys.readouterr().out
+
+
+def test_edit_replace_runs_from_the_command_line(tiny_models, tmp_path: Path, capsys) -> None:
+    photo = tmp_path / "wide.png"
+    Image.new("RGB", (80, 40), (90, 90, 200)).save(photo)
+    out = tmp_path / "wide_edit.png"
+    assert main(["edit", str(photo), "a sunset", "--replace", "sky", "-o", str(out), "--iterations", "1",
+                 "--size", "32x16", *_tiny_args(tiny_models)]) == 0
+    assert png_metadata(out.read_bytes())["replace"] == "sky"
+
+
+def test_edit_size_defaults_to_the_image_aspect() -> None:
+    from engine.commands.generate import _edit_size
+
+    assert _edit_size((80, 40)) == (512, 256)
+    assert _edit_size((300, 1200)) == (128, 512)
+
+
+def test_timelapse_holds_every_frame(tmp_path: Path) -> None:
+    from engine.commands.generate import _write_timelapse
+
+    frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    for name in ("t.webp", "t.gif"):
+        _write_timelapse(tmp_path / name, frames)
+        with Image.open(tmp_path / name) as animation:
+            assert animation.n_frames == 3
+
+
+def test_missing_models_exit_1_with_the_registry_message(tmp_path: Path, capsys) -> None:
+    code = main(["imagine", "a cat", "-o", str(tmp_path / "x.png"), "--model-dir", str(tmp_path / "empty"),
+                 "--device", "cpu", "--no-progress"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "vqgan-clip download" in err and "vqgan_imagenet_f16_16384" in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_bad_prompt_exits_1_before_loading_models(tmp_path: Path, capsys) -> None:
+    assert main(["imagine", "a +", "--model-dir", str(tmp_path / "nothing-here")]) == 1
+    assert "part 2 of the prompt is empty" in capsys.readouterr().err
+
+
+def test_non_image_init_exits_1(tmp_path: Path, capsys) -> None:
+    bogus = tmp_path / "photo.jpg"
+    bogus.write_text("not really a photo")
+    assert main(["edit", str(bogus), "a cat", "--model-dir", str(tmp_path)]) == 1
+    assert "the init image is not an image" in capsys.readouterr().err
+
+
+def test_bad_timelapse_suffix_exits_1(tmp_path: Path, capsys) -> None:
+    assert main(["imagine", "a cat", "--timelapse", str(tmp_path / "t.mp4"), "--model-dir", str(tmp_path)]) == 1
+    assert ".webp or .gif" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("text", "size"), [("512", (512, 512)), ("640x384", (640, 384)), ("64X32", (64, 32))])
+def test_size_option(text: str, size: tuple[int, int]) -> None:
+    from engine.commands.generate import parse_size
+
+    assert parse_size(text) == size
+
+
+def test_bad_size_is_a_usage_error(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["imagine", "a cat", "--size", "big"])
+    assert exit_info.value.code == 2
+    assert "WIDTHxHEIGHT" in capsys.readouterr().err
+
+
+def test_command_module_imports_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, engine.commands.generate; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
