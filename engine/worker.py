@@ -308,7 +308,7 @@ class GeneratorJobRunner:
                         if job.init_image is not None else None),
             size=(job.width, job.height), iterations=job.iterations, seed=job.seed,
             cutn=job.cutn, replace=job.replace,
-            mask_image=(load_image(job.mask_image, what="mask image")
+            mask_image=(load_image(job.mask_image, what="mask image", keep_alpha=True)
                         if job.mask_image is not None else None),
             progress_every=job.progress_every,
         )
