@@ -116,7 +116,7 @@ async def run_bot(settings: Settings) -> int:
 
     from bot.app import ImagineBot
 
-    bot = ImagineBot(settings)
+    bot = ImagineBot(settings, warm_engine=True)
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
     close_tasks: list[asyncio.Task[None]] = []

@@ -76,6 +76,7 @@ class ImagineBot(commands.Bot):
         *,
         cogs: tuple[str, ...] = COGS,
         engine: Engine | None = None,
+        warm_engine: bool = False,
     ) -> None:
         # The bot never joins voice: silence discord.py's start-up warnings about the
         # missing voice libraries, which would otherwise look like a problem to operators.
@@ -94,6 +95,10 @@ class ImagineBot(commands.Bot):
         self.cog_names = cogs
         #: The engine to use instead of spawning the worker (tests pass a fake one).
         self._engine_override = engine
+        #: Start the engine (load the models) at boot rather than when the first job
+        #: arrives: the first user does not wait for the model load, and a model problem
+        #: shows in the log at once. `vqgan-clip-bot` sets it; tests leave the engine lazy.
+        self._warm_engine = warm_engine
         #: Store, queue, quotas and engine client; opened in `setup_hook`.
         self.services: Services | None = None
         #: Feeds the engine from the queue and updates the job messages; made in `setup_hook`.
@@ -130,7 +135,7 @@ class ImagineBot(commands.Bot):
             len(self.synced_commands), where,
             ", ".join(f"/{c.name}" for c in self.synced_commands) or "none",
         )
-        self.runner.start()
+        self.runner.start(warm_engine=self._warm_engine)
 
     async def close(self) -> None:
         """Stop taking jobs, log out, then stop the engine and close the database.

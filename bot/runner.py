@@ -92,9 +92,11 @@ class JobRunner:
                      len(jobs), len(requeued))
         return jobs
 
-    def start(self) -> None:
+    def start(self, *, warm_engine: bool = False) -> None:
+        """Start taking jobs; with `warm_engine`, start the engine now instead of when
+        the first job arrives."""
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="vqgan-clip job runner")
+            self._task = asyncio.create_task(self._run(warm_engine), name="vqgan-clip job runner")
 
     async def stop(self) -> None:
         """Stop taking jobs. A job in progress stays `running` in the store, so the next
@@ -111,7 +113,9 @@ class JobRunner:
 
     # ------------------------------------------------------------------ the loop
 
-    async def _run(self) -> None:
+    async def _run(self, warm_engine: bool = False) -> None:
+        if warm_engine:
+            await self._ensure_engine()
         while True:
             try:
                 await self._run_once()

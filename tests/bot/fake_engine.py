@@ -239,7 +239,8 @@ class World:
 
 @contextlib.asynccontextmanager
 async def running_world(
-    engine: FakeEngine | None = None, *, env_options: dict[str, Any] | None = None, **settings: Any
+    engine: FakeEngine | None = None, *, env_options: dict[str, Any] | None = None,
+    warm_engine: bool = False, **settings: Any
 ) -> AsyncIterator[World]:
     """`settings` override `TEST_SETTINGS`; `env_options` go to `simcord.Env`. By default
     no privileged intent is approved, as for the real bot: SimCord then hides other users'
@@ -247,7 +248,7 @@ async def running_world(
     engine = engine or FakeEngine()
     config = fast_settings(**settings)
     options = {"approved_intents": discord.Intents.none(), **(env_options or {})}
-    env = simcord.Env(ImagineBot(config, engine=engine), **options)
+    env = simcord.Env(ImagineBot(config, engine=engine, warm_engine=warm_engine), **options)
     guild = env.create_guild("studio")
     channel = guild.create_text_channel("art")
     mods = guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))

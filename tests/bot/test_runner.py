@@ -91,6 +91,13 @@ async def test_an_idle_bot_does_not_start_the_engine() -> None:
     assert engine.start_calls == 0
 
 
+async def test_a_warm_bot_starts_the_engine_at_boot_before_any_job() -> None:
+    engine = FakeEngine()
+    async with running_world(engine, warm_engine=True) as world:
+        await world.env.settle()
+        assert engine.start_calls == 1 and engine.submits == []
+
+
 class ExplodingEngine(FakeEngine):
     """Raises out of the event stream for the first job: a bug, not an engine failure."""
 
