@@ -23,12 +23,18 @@ fi
 _stamp="$VENV/.installed-$(cat "$_root/pyproject.toml" | sha256sum | cut -c1-16)-${_extra:-base}"
 if [ ! -f "$_stamp" ]; then
     echo "[setup] installing dependencies (the first time takes a few minutes: PyTorch is large)"
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip "setuptools<81" wheel
     _target="$_root"
     [ -n "$_extra" ] && _target="$_root[$_extra]"
-    "$VENV/bin/python" -m pip install --quiet -e "$_target"
+    _log="$VENV/install.log"
+    if ! { "$VENV/bin/python" -m pip install --upgrade pip "setuptools<81" wheel \
+           && "$VENV/bin/python" -m pip install -e "$_target"; } >"$_log" 2>&1; then
+        tail -n 40 "$_log" >&2
+        echo "error: installing the dependencies failed (full log: $_log)." >&2
+        echo "       Check the network connection to the Python package index and run again." >&2
+        exit 1
+    fi
     rm -f "$VENV"/.installed-*
     touch "$_stamp"
     echo "[setup] done"
 fi
-unset _root _extra _stamp _target
+unset _root _extra _stamp _target _log
