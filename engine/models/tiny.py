@@ -4,10 +4,26 @@ Tests and demos need a VQGAN and a CLIP that load through exactly the code the r
 (taming yaml + Lightning `.ckpt`; openai-format CLIP `.pt`) but take milliseconds on a CPU
 and nothing from the network. So these are the real module classes with tiny widths:
 
-* `tiny_vqgan`: a VQModel with the f16 shape (5 levels, factor 16), ch=32;
-* `tiny_gumbel`: a GumbelVQ with the f8 shape (4 levels, factor 8);
+* `tiny_vqgan`: a VQModel with the f16 shape (5 levels, factor 16), ch=32, and a dense
+  codebook (1024 codes of dimension 4);
+* `tiny_gumbel`: a GumbelVQ with the f8 shape (4 levels, factor 8) and 1024 codes of
+  dimension 8;
 * `tiny_clip`: a ViT CLIP with width 64 (one head), 32x32 input, patch 8, the real
   tokenizer's vocabulary (49408) and context length (77).
+
+Random weights alone make a flat loss landscape, where the optimisation loop cannot be seen
+to work: two choices keep the tiny models close enough to trained ones that it can.
+
+* CLIP's image tower must tell images apart. At its default init the class token's
+  constant (image-independent) part dwarfs what attention adds from the patches, so any two
+  images embed at cosine ~0.99. The image tower's residual branches (attention `out_proj`,
+  MLP `c_proj`) are scaled up (`_CLIP_VISUAL_GAIN`), so the patches dominate: random
+  images then embed at cosine ~0.0-0.8 and image-text cosines spread over about [-0.5, 0.5].
+* VQGAN's codes must be close together relative to an optimiser step, as in a trained
+  codebook, so that moving z switches codes (the straight-through quantiser changes the
+  decoded image only when a code switches). With 64 codes in 16 dimensions (VQModel) or 96
+  in 32 (GumbelVQ) z rarely or never switched code in a short run, so the image stayed
+  the start; 1024 codes in 4 or 8 dimensions switch several times as often.
 
 The `.ckpt` files are written the way Lightning writes them: a dict with `state_dict`
 (including training-only `loss.*` entries), `epoch`, `global_step`,
@@ -79,7 +95,7 @@ def tiny_vqgan_config(kind: str = "vq") -> dict[str, Any]:
         }
         # embed_dim != z_channels on purpose: quant_conv must map between them.
         params: dict[str, Any] = {
-            "embed_dim": 16, "n_embed": 64, "monitor": "val/rec_loss", "ddconfig": ddconfig,
+            "embed_dim": 4, "n_embed": 1024, "monitor": "val/rec_loss", "ddconfig": ddconfig,
             "lossconfig": {
                 "target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
                 "params": {"disc_conditional": False, "disc_in_channels": 3, "disc_start": 0,
@@ -89,12 +105,13 @@ def tiny_vqgan_config(kind: str = "vq") -> dict[str, Any]:
         target = "taming.models.vqgan.VQModel"
     elif kind == "gumbel":
         ddconfig = {
-            "double_z": False, "z_channels": 32, "resolution": 64, "in_channels": 3,
+            "double_z": False, "z_channels": 8, "resolution": 64, "in_channels": 3,
             "out_ch": 3, "ch": 32, "ch_mult": [1, 1, 2, 4], "num_res_blocks": 1,
             "attn_resolutions": [8], "dropout": 0.0,
         }
+        # embed_dim == z_channels, as in taming's GumbelVQ configs (`proj` reads z_channels).
         params = {
-            "kl_weight": 1.0e-08, "embed_dim": 32, "n_embed": 96, "monitor": "val/rec_loss",
+            "kl_weight": 1.0e-08, "embed_dim": 8, "n_embed": 1024, "monitor": "val/rec_loss",
             "temperature_scheduler_config": {
                 "target": "taming.lr_scheduler.LambdaWarmUpCosineScheduler",
                 "params": {"warm_up_steps": 0, "max_decay_steps": 1000001, "lr_start": 0.9,
@@ -110,7 +127,8 @@ def tiny_vqgan_config(kind: str = "vq") -> dict[str, Any]:
 
 
 def build_tiny_vqgan(kind: str = "vq", seed: int = 0):  # -> engine.models.vqgan.VQGAN
-    """A tiny VQGAN with seeded random weights (codebook ~ N(0, 1) so codes differ)."""
+    """A tiny VQGAN with seeded random weights (codebook ~ N(0, 1): 1024 codes in 4 or 8
+    dimensions, close together for an optimiser step of ~0.1-0.3)."""
     from engine.models.vqgan import VQGAN, read_config_dict
 
     config = read_config_dict(tiny_vqgan_config(kind), source=f"tiny {kind}")
@@ -122,8 +140,14 @@ def build_tiny_vqgan(kind: str = "vq", seed: int = 0):  # -> engine.models.vqgan
     return model.freeze()
 
 
+# Gains on the image tower's residual branches (see the module docstring): without them the
+# class token's constant part dominates and every image embeds at cosine ~0.99.
+_CLIP_VISUAL_GAIN = {"attn.out_proj.weight": 20.0, "mlp.c_proj.weight": 10.0}
+
+
 def build_tiny_clip(seed: int = 0) -> torch.nn.Module:
-    """A tiny ViT CLIP (clip.model.CLIP) in openai's mixed precision layout, seeded."""
+    """A tiny ViT CLIP (clip.model.CLIP) in openai's mixed precision layout, seeded, whose
+    image tower tells images apart (its residual branches scaled by `_CLIP_VISUAL_GAIN`)."""
     from clip.model import CLIP, convert_weights
 
     with torch.random.fork_rng(devices=[]):
@@ -134,6 +158,11 @@ def build_tiny_clip(seed: int = 0) -> torch.nn.Module:
             context_length=77, vocab_size=49408,
             transformer_width=64, transformer_heads=1, transformer_layers=1,
         )
+    with torch.no_grad():
+        for name, parameter in model.visual.transformer.resblocks.named_parameters():
+            gain = _CLIP_VISUAL_GAIN.get(name.split(".", 1)[1])
+            if gain is not None:
+                parameter.mul_(gain)
     convert_weights(model)  # official CLIP files hold fp16 linear/conv weights
     return model.eval()
 

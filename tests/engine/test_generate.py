@@ -1,9 +1,9 @@
 """The optimisation loop on tiny random models, on CPU.
 
-Runs are kept to a few iterations at 32-64 px. The tiny CLIP is random, so it barely tells
-images apart (cosine ~0.99 between any two): tests assert what the loop guarantees
-(determinism, masks, cancellation, starting points), and the one loss test uses settings
-and a seed where the decrease is clear of the cutout noise (see its docstring).
+Runs are kept to a few iterations at 32-64 px. The tiny models are random but built so the
+method works on them (see engine/models/tiny.py); tests assert what the loop guarantees
+(determinism, masks, cancellation, starting points) and, over several seeds, that the
+result is closer to the prompt than the start (see that test's docstring).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from engine.cutouts import MakeCutouts
 from engine.errors import Cancelled, InputImageError, OutOfMemoryError, PromptError
 from engine.generate import (
     ClampWithGrad,
@@ -69,23 +70,52 @@ def _tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
 
 
-def test_loss_decreases_over_20_iterations(vq_generator: Generator) -> None:
-    """A fixed-seed check: CPU runs are deterministic, so it cannot flake on one machine.
+def _prompt_loss(generator: Generator, image: Image.Image, text: str, cutn: int = 128) -> float:
+    """CLIP's loss for `image` against `text` over a fixed set of cutouts: the same boxes and
+    augmentations for every image of the same size, so two images compare without the
+    cutout noise of the loop's own loss."""
+    perceptor = generator.models.perceptor
+    cutouts = MakeCutouts(perceptor.input_resolution, cutn)
+    with torch.no_grad():
+        target = F.normalize(perceptor.encode_text([text]), dim=-1)
+        crops = cutouts(_tensor(image), torch.Generator().manual_seed(1234))
+        embeds = F.normalize(perceptor.encode_image(crops), dim=-1)
+        return spherical_dist_loss(embeds, target).mean().item()
 
-    Why a chosen seed: with the tiny random models the loss landscape is nearly flat (any
-    two images embed at cosine ~0.99, and 64 far-apart codes flip rarely), so over seeds
-    0-9 the early-vs-late drop ranged from -0.008 to +0.017 against cutout noise of ~0.006.
-    Seed 6 drops by 0.0165; the assertion asks for half of that. With the L2 penalty off,
-    the drop is CLIP's loss alone, not the decaying penalty.
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_30_iterations_bring_the_image_closer_to_the_prompt(vq_generator: Generator, seed: int) -> None:
+    """The method works, for any seed: CLIP finds the result closer to the prompt than the start.
+
+    The tiny models are built so that it can (engine/models/tiny.py: an image tower that
+    tells images apart, a dense codebook). Measured at these settings (default lr, L2
+    penalty off so the loss is CLIP's alone) over seeds 0-9: CLIP's loss on a fixed set of
+    128 cutouts fell by 9.4-21.6% (mean 16%) from the start image to the result, and by at
+    least 8.1% on any of five other cutout sets (seeds 0-2: 15.0-18.8%, at least 12.1%).
+    The loop's own loss, averaged over the first and the last 7 iterations, fell by
+    3.7-16.3% (mean 9%), but a single iteration's loss varies by ~0.06 (5%) with its random
+    cutouts, so only its direction is asserted.
     """
+    text = "a red apple"
     losses: list[float] = []
-    vq_generator.run(
-        _request(size=(64, 64), iterations=20, seed=6, cutn=32, lr=0.3, l2_weight=0.0, progress_every=1),
-        on_progress=lambda p: losses.append(p.loss),
+    previews: list[Image.Image] = []
+
+    def on_progress(progress: Progress) -> None:
+        losses.append(progress.loss)
+        previews.append(progress.preview)
+
+    result = vq_generator.run(
+        _request(prompts=parse_prompt(text), size=(64, 64), iterations=30, seed=seed, cutn=32,
+                 lr=0.15, l2_weight=0.0, progress_every=1),
+        on_progress=on_progress,
     )
-    assert len(losses) == 20
-    early, late = statistics.mean(losses[:5]), statistics.mean(losses[-5:])
-    assert late < early - 0.008, (early, late)
+    assert len(losses) == 30
+    start = previews[0]  # the first iteration's image: the decoded start codes
+    assert start.size == result.image.size == (64, 64)
+    before, after = _prompt_loss(vq_generator, start, text), _prompt_loss(vq_generator, result.image, text)
+    assert after < 0.95 * before, (before, after)
+    early, late = statistics.mean(losses[:7]), statistics.mean(losses[-7:])
+    assert late < early, (early, late)
 
 
 def test_same_seed_same_png_other_seed_different(gumbel_generator: Generator) -> None:
@@ -139,14 +169,21 @@ def test_cancellation_stops_within_one_iteration(gumbel_generator: Generator) ->
     assert finished == list(range(1, k))
 
 
-def test_edit_stays_closer_to_its_start_than_a_generation(gumbel_generator: Generator) -> None:
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_edit_stays_closer_to_its_start_than_a_generation(gumbel_generator: Generator, seed: int) -> None:
     """With random weights VQGAN cannot reconstruct the photo, so "the source" is what the
-    edit starts from: the decoded encoding of the init image."""
+    edit starts from: the decoded encoding of the init image.
+
+    The tiny codebook is dense, so an edit's codes do switch (it is not pinned to its start).
+    Measured over seeds 0-9 at 4 iterations, edit/generation MSE to the start: 0.00-0.32.
+    An edit keeps drifting with more iterations (0.25-0.77 at 8), so this checks the start
+    and the first steps, not where a long edit ends up.
+    """
     vqgan = gumbel_generator.models.vqgan
     with torch.no_grad():
         start = vqgan.decode(vqgan.quantize(vqgan.encode(_tensor(_source()) * 2 - 1))).add(1).div(2).clamp(0, 1)
-    edit = gumbel_generator.run(_request(init_image=_source(), iterations=8, seed=3))
-    generation = gumbel_generator.run(_request(iterations=8, seed=3))
+    edit = gumbel_generator.run(_request(init_image=_source(), iterations=4, seed=seed))
+    generation = gumbel_generator.run(_request(iterations=4, seed=seed))
     edit_mse = F.mse_loss(_tensor(edit.image), start).item()
     generation_mse = F.mse_loss(_tensor(generation.image), start).item()
     assert edit_mse < 0.5 * generation_mse, (edit_mse, generation_mse)

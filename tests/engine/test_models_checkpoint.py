@@ -159,7 +159,7 @@ def test_checkpoint_from_another_model_does_not_match(tiny_models) -> None:
 
 def test_checkpoint_of_another_size_does_not_match(tiny_models, tmp_path: Path) -> None:
     config = tmp_path / "bigger.yaml"
-    config.write_text(tiny_models.vqgan_config.read_text().replace("n_embed: 64", "n_embed: 128"))
+    config.write_text(tiny_models.vqgan_config.read_text().replace("n_embed: 1024", "n_embed: 2048"))
     with pytest.raises(ModelFileError, match="shape mismatch") as caught:
         load_vqgan(config, tiny_models.vqgan_checkpoint)
     assert "quantize.embedding.weight" in str(caught.value)

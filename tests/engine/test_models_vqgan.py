@@ -37,7 +37,7 @@ def test_round_trip_gives_the_same_model(loaded, kind: str) -> None:
     assert not torch.equal(other.codebook, model.codebook)
 
 
-@pytest.mark.parametrize("kind, factor, n_embed, embed_dim", [("vq", 16, 64, 16), ("gumbel", 8, 96, 32)])
+@pytest.mark.parametrize("kind, factor, n_embed, embed_dim", [("vq", 16, 1024, 4), ("gumbel", 8, 1024, 8)])
 def test_interface_shapes(loaded, kind: str, factor: int, n_embed: int, embed_dim: int) -> None:
     model = loaded[kind]
     assert (model.kind, model.factor, model.n_embed, model.embed_dim) == (kind, factor, n_embed, embed_dim)
