@@ -52,9 +52,8 @@ CLIP_VIT_B_32 = dict(
 def build_models(device):
     """The real architectures with random weights, set up as `load_models` sets up real ones."""
     import torch
-    from clip.model import CLIP, convert_weights
 
-    from engine.models.clip_model import Perceptor
+    from engine.models.clip_model import Perceptor, import_clip
     from engine.models.loading import Models
     from engine.models.vqgan import VQGAN, read_config_dict
 
@@ -63,9 +62,10 @@ def build_models(device):
     with torch.no_grad():
         vqgan.codebook.normal_(0.0, 1.0)  # distinct codes, as in a trained codebook
     vqgan = vqgan.to(device).freeze()
-    clip_model = CLIP(**CLIP_VIT_B_32)
+    clip_module = import_clip().model
+    clip_model = clip_module.CLIP(**CLIP_VIT_B_32)
     if device.type == "cuda":
-        convert_weights(clip_model)  # fp16, as openai-clip loads the official files on CUDA
+        clip_module.convert_weights(clip_model)  # fp16, as openai-clip loads the official files on CUDA
     else:
         clip_model.float()
     clip_model = clip_model.to(device).eval().requires_grad_(False)

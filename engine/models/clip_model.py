@@ -18,6 +18,7 @@ import logging
 import warnings
 import zipfile
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import Tensor, nn
@@ -64,11 +65,25 @@ class Perceptor:
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> Tensor:
         """Texts -> (N, embed_dim) float32 embeddings; over-long texts are truncated."""
-        import clip
-
+        clip = import_clip()
         tokens = clip.tokenize(list(texts), context_length=self.context_length,
                                truncate=True).to(self.device)
         return self.model.encode_text(tokens).float()  # type: ignore[operator]
+
+
+
+def import_clip() -> ModuleType:
+    """The openai-clip package, imported without its start-up warning.
+
+    openai-clip 1.0.1 does `from pkg_resources import packaging`, and setuptools warns on
+    every import of pkg_resources that it is deprecated: a line operators can do nothing
+    about, printed on every CLI run. The pin `setuptools<81` keeps the import working.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        import clip
+        import clip.model
+    return clip
 
 
 def is_torchscript_archive(path: Path) -> bool:
@@ -87,11 +102,9 @@ def _build_from_state_dict(path: Path, device: torch.device) -> nn.Module:
     safe reader. `clip.load` cannot be used for state dicts with this torch: after its
     `torch.jit.load` attempt fails the file is left at EOF, and `torch.load` then reads
     nothing."""
-    from clip.model import build_model
-
     state = read_state_dict(path)
     try:
-        model = build_model(dict(state))
+        model = import_clip().model.build_model(dict(state))
     except Exception as error:
         detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise ModelFileError(
@@ -107,8 +120,7 @@ def load_clip(path: Path, device: torch.device | str = "cpu") -> Perceptor:
     Half precision on CUDA (openai-clip's own choice, and what the weights were trained in),
     float32 on CPU where half is slow or unsupported. Raises ModelFileError naming the file.
     """
-    import clip
-
+    clip = import_clip()
     path = Path(path)
     device = torch.device(device)
     if not path.is_file():

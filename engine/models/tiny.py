@@ -148,11 +148,12 @@ _CLIP_VISUAL_GAIN = {"attn.out_proj.weight": 20.0, "mlp.c_proj.weight": 10.0}
 def build_tiny_clip(seed: int = 0) -> torch.nn.Module:
     """A tiny ViT CLIP (clip.model.CLIP) in openai's mixed precision layout, seeded, whose
     image tower tells images apart (its residual branches scaled by `_CLIP_VISUAL_GAIN`)."""
-    from clip.model import CLIP, convert_weights
+    from engine.models.clip_model import import_clip
 
+    clip_model = import_clip().model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = CLIP(
+        model = clip_model.CLIP(
             embed_dim=32,
             image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=8,
             context_length=77, vocab_size=49408,
@@ -163,7 +164,7 @@ def build_tiny_clip(seed: int = 0) -> torch.nn.Module:
             gain = _CLIP_VISUAL_GAIN.get(name.split(".", 1)[1])
             if gain is not None:
                 parameter.mul_(gain)
-    convert_weights(model)  # official CLIP files hold fp16 linear/conv weights
+    clip_model.convert_weights(model)  # official CLIP files hold fp16 linear/conv weights
     return model.eval()
 
 
