@@ -43,7 +43,7 @@ from bot import render
 from bot.jobs import Job, JobStatus
 from bot.services import RunningJob
 from bot.store import JobStateError
-from bot.submission import JOB_QUEUED_EVENT, estimate
+from bot.submission import JOB_QUEUED_EVENT, estimate, job_size
 from bot.views import progress_view, result_view
 from engine import protocol
 from engine.prompts import parse_prompt
@@ -246,11 +246,12 @@ class JobRunner:
         if params.get("image_prompt_path"):
             image_prompts = (protocol.ImagePromptSpec(self._read_input(params["image_prompt_path"])),)
         settings = self.services.settings
+        width, height = job_size(settings, job)
         return protocol.Submit(
             job=job.id,
             prompts=prompts,
-            width=int(params.get("width") or settings.default_size[0]),
-            height=int(params.get("height") or settings.default_size[1]),
+            width=width,
+            height=height,
             iterations=job.iterations,
             seed=params.get("seed"),
             cutn=int(params.get("cutn") or settings.default_cutn),

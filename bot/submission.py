@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: The custom event that wakes the job runner when a job is queued (`bot.dispatch`).
 JOB_QUEUED_EVENT = "vqc_job_queued"
+#: The answer to an interaction that arrives before the bot's services are up.
+STARTING_MESSAGE = "The bot is still starting; try again in a moment."
 #: Longest source phrase for a masked edit (`replace:`).
 MAX_REPLACE_CHARS = 100
 #: Size shapes offered by `/imagine size:`; the aspect ratio is width / height.
@@ -165,6 +167,13 @@ def fit_size(settings: Settings, width: int, height: int) -> tuple[int, int]:
     return min(max_w, _round_down(new_w * scale)), min(max_h, _round_down(new_h * scale))
 
 
+def job_size(settings: Settings, job: Job) -> tuple[int, int]:
+    """The size a stored job asked for (`width`/`height` in its params); DEFAULT_SIZE for
+    a side its params lack."""
+    return (int(job.params.get("width") or settings.default_size[0]),
+            int(job.params.get("height") or settings.default_size[1]))
+
+
 # --------------------------------------------------------------------------- queueing
 
 
@@ -283,7 +292,7 @@ async def submit_and_answer(interaction: discord.Interaction, request: JobReques
     bot = interaction.client
     services: Services | None = getattr(bot, "services", None)
     if services is None:
-        await answer(interaction, "The bot is still starting; try again in a moment.")
+        await answer(interaction, STARTING_MESSAGE)
         return None
     await defer(interaction)
     try:

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import discord
 
 from bot.jobs import Job, JobKind, JobStatus
 from bot.submission import (
+    STARTING_MESSAGE,
     InputImage,
     JobRequest,
     RequestRejected,
     StoredImage,
     answer,
     defer,
+    job_size,
     submit_and_answer,
     validate_iterations,
     validate_prompt,
@@ -47,7 +49,7 @@ def _services(interaction: discord.Interaction) -> Services | None:
 async def _job_for(interaction: discord.Interaction, job_id: str) -> tuple[Services, Job] | None:
     services = _services(interaction)
     if services is None:
-        await answer(interaction, "The bot is still starting; try again in a moment.")
+        await answer(interaction, STARTING_MESSAGE)
         return None
     job = await services.store.get_job(job_id)
     if job is None:
@@ -83,11 +85,12 @@ def _stored_input(services: Services, path: str | None) -> StoredImage | None:
 def reroll_request(services: Services, job: Job) -> JobRequest:
     """Same prompt and parameters as `job`, a new seed."""
     params = job.params
+    width, height = job_size(services.settings, job)
     return JobRequest(
         kind=JobKind.REROLL,
         prompt=job.prompt,
-        width=int(params.get("width") or services.settings.default_size[0]),
-        height=int(params.get("height") or services.settings.default_size[1]),
+        width=width,
+        height=height,
         iterations=min(job.iterations, services.settings.max_iterations),
         seed=None,
         init_image=_stored_input(services, job.input_path),
@@ -97,17 +100,30 @@ def reroll_request(services: Services, job: Job) -> JobRequest:
     )
 
 
-class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=CANCEL_PREFIX + _JOB):
-    """Stops a queued or running job; only its requester or an admin may."""
+class _JobButton:
+    """What the job buttons share: the button with its job id in the custom id, re-created
+    from that id on a click, and the job looked up before `on_click` runs.
+
+    A mixin placed before `DynamicItem` in each button's bases, not a `DynamicItem`
+    subclass: `DynamicItem.__init_subclass__` demands a `template=` on every subclass
+    statement, so an intermediate base class cannot be one. Subclasses set the four
+    class attributes below and pass `template=PREFIX + _JOB`.
+    """
+
+    PREFIX: ClassVar[str]
+    LABEL: ClassVar[str]
+    STYLE: ClassVar[discord.ButtonStyle]
+    EMOJI: ClassVar[str]
 
     def __init__(self, job_id: str) -> None:
-        super().__init__(discord.ui.Button(label="Cancel", style=discord.ButtonStyle.secondary,
-                                           emoji="✖️", custom_id=CANCEL_PREFIX + job_id))
+        super().__init__(discord.ui.Button(  # DynamicItem.__init__, next in the MRO
+            label=self.LABEL, style=self.STYLE, emoji=self.EMOJI, custom_id=self.PREFIX + job_id
+        ))
         self.job_id = job_id
 
     @classmethod
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
-                             match: Any) -> CancelButton:
+                             match: Any) -> Self:
         return cls(match["job_id"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
@@ -115,6 +131,21 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=CANCEL_PR
         if found is None:
             return
         services, job = found
+        await self.on_click(interaction, services, job)
+
+    async def on_click(self, interaction: discord.Interaction, services: Services, job: Job) -> None:
+        raise NotImplementedError
+
+
+class CancelButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], template=CANCEL_PREFIX + _JOB):
+    """Stops a queued or running job; only its requester or an admin may."""
+
+    PREFIX = CANCEL_PREFIX
+    LABEL = "Cancel"
+    STYLE = discord.ButtonStyle.secondary
+    EMOJI = "✖️"
+
+    async def on_click(self, interaction: discord.Interaction, services: Services, job: Job) -> None:
         if not may_manage(interaction, job):
             await answer(interaction, f"Only <@{job.user_id}>, who asked for this image, or a "
                                       "server admin (Manage Server) can cancel it.")
@@ -125,31 +156,22 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=CANCEL_PR
             return
         runner = getattr(interaction.client, "runner", None)
         if runner is None:
-            await answer(interaction, "The bot is still starting; try again in a moment.")
+            await answer(interaction, STARTING_MESSAGE)
             return
         await defer(interaction)
         outcome = await runner.cancel(job.id, by_user_id=interaction.user.id)
         await answer(interaction, outcome)
 
 
-class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=REROLL_PREFIX + _JOB):
+class RerollButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], template=REROLL_PREFIX + _JOB):
     """Queues the same prompt and parameters with a new seed (a new job for the clicker)."""
 
-    def __init__(self, job_id: str) -> None:
-        super().__init__(discord.ui.Button(label="Reroll", style=discord.ButtonStyle.primary,
-                                           emoji="🎲", custom_id=REROLL_PREFIX + job_id))
-        self.job_id = job_id
+    PREFIX = REROLL_PREFIX
+    LABEL = "Reroll"
+    STYLE = discord.ButtonStyle.primary
+    EMOJI = "🎲"
 
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
-                             match: Any) -> RerollButton:
-        return cls(match["job_id"])
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        found = await _job_for(interaction, self.job_id)
-        if found is None:
-            return
-        services, job = found
+    async def on_click(self, interaction: discord.Interaction, services: Services, job: Job) -> None:
         try:
             request = reroll_request(services, job)
         except RequestRejected as error:
@@ -158,24 +180,15 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=REROLL_PR
         await submit_and_answer(interaction, request)
 
 
-class EditButton(discord.ui.DynamicItem[discord.ui.Button], template=EDIT_PREFIX + _JOB):
+class EditButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], template=EDIT_PREFIX + _JOB):
     """Opens a modal for a prompt, then edits this result."""
 
-    def __init__(self, job_id: str) -> None:
-        super().__init__(discord.ui.Button(label="Edit", style=discord.ButtonStyle.secondary,
-                                           emoji="✏️", custom_id=EDIT_PREFIX + job_id))
-        self.job_id = job_id
+    PREFIX = EDIT_PREFIX
+    LABEL = "Edit"
+    STYLE = discord.ButtonStyle.secondary
+    EMOJI = "✏️"
 
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
-                             match: Any) -> EditButton:
-        return cls(match["job_id"])
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        found = await _job_for(interaction, self.job_id)
-        if found is None:
-            return
-        services, job = found
+    async def on_click(self, interaction: discord.Interaction, services: Services, job: Job) -> None:
         if job.status is not JobStatus.DONE or not job.result_path:
             await answer(interaction, f"Job `{job.id}` has no finished image to edit.")
             return
@@ -184,10 +197,8 @@ class EditButton(discord.ui.DynamicItem[discord.ui.Button], template=EDIT_PREFIX
         except RequestRejected as error:
             await answer(interaction, str(error))
             return
-        width = int(job.params.get("width") or services.settings.default_size[0])
-        height = int(job.params.get("height") or services.settings.default_size[1])
         await interaction.response.send_modal(
-            EditModal(source=source, size=(width, height), parent_id=job.id)
+            EditModal(source=source, size=job_size(services.settings, job), parent_id=job.id)
         )
 
 
@@ -221,7 +232,7 @@ class EditModal(discord.ui.Modal, title="Edit image"):
 
         services = _services(interaction)
         if services is None:
-            await answer(interaction, "The bot is still starting; try again in a moment.")
+            await answer(interaction, STARTING_MESSAGE)
             return
         prompt = self.prompt.value or ""
         try:

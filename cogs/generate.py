@@ -19,6 +19,7 @@ from bot.attachments import AttachmentError, CheckedImage, check_metadata, fetch
 from bot.jobs import JobKind, JobStatus
 from bot.submission import (
     SHAPES,
+    STARTING_MESSAGE,
     InputImage,
     JobRequest,
     RequestRejected,
@@ -26,6 +27,7 @@ from bot.submission import (
     answer,
     defer,
     fit_size,
+    job_size,
     shape_size,
     submit_and_answer,
     validate_iterations,
@@ -107,7 +109,7 @@ class Generate(commands.Cog):
     ) -> None:
         services = self.services
         if services is None:
-            await answer(interaction, "The bot is still starting; try again in a moment.")
+            await answer(interaction, STARTING_MESSAGE)
             return
         try:
             validate_prompt(prompt)
@@ -159,7 +161,7 @@ class Generate(commands.Cog):
     ) -> None:
         services = self.services
         if services is None:
-            await answer(interaction, "The bot is still starting; try again in a moment.")
+            await answer(interaction, STARTING_MESSAGE)
             return
         try:
             validate_prompt(prompt)
@@ -232,9 +234,7 @@ class Generate(commands.Cog):
             return None
         if not os.path.isfile(services.results_dir / job.result_path):
             return None
-        width = int(job.params.get("width") or services.settings.default_size[0])
-        height = int(job.params.get("height") or services.settings.default_size[1])
-        return StoredImage(job.result_path), (width, height), job.id
+        return StoredImage(job.result_path), job_size(services.settings, job), job.id
 
     # ------------------------------------------------------------------ context menu
 
@@ -242,7 +242,7 @@ class Generate(commands.Cog):
         """Right-click a message -> Apps -> Edit image: a modal asks for the prompt."""
         services = self.services
         if services is None:
-            await answer(interaction, "The bot is still starting; try again in a moment.")
+            await answer(interaction, STARTING_MESSAGE)
             return
         me = self.bot.user
         if me is not None and message.author.id == me.id:
