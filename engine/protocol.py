@@ -42,7 +42,7 @@ import math
 import struct
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, ClassVar, Union
+from typing import Any, BinaryIO, ClassVar, Self, Union
 
 PROTOCOL_VERSION = 1
 
@@ -466,35 +466,50 @@ class Submit:
 
 
 @dataclass(frozen=True)
-class Cancel:
-    """bot -> engine: stop a job. Running: stops within one iteration; queued: removed.
-    The engine answers `cancelled` (with `unknown` true if it never heard of the job or
-    the job had already finished)."""
+class _JobOnly:
+    """The frame of a message whose only field is the job id (`cancel`, `started`)."""
 
-    TYPE: ClassVar[str] = "cancel"
+    TYPE: ClassVar[str]
     job: str
 
     def to_frame(self) -> tuple[dict[str, Any], bytes]:
         return {"type": self.TYPE, "job": self.job}, b""
 
     @classmethod
-    def from_frame(cls, h: dict[str, Any], blob: bytes) -> Cancel:
+    def from_frame(cls, h: dict[str, Any], blob: bytes) -> Self:
         return cls(_job(h))
 
 
 @dataclass(frozen=True)
-class Ping:
-    """bot -> engine: are you alive? Answered with `pong` (same nonce) even mid-job."""
+class _NonceOnly:
+    """The frame of a message whose only field is a nonce (`ping`, `pong`)."""
 
-    TYPE: ClassVar[str] = "ping"
+    TYPE: ClassVar[str]
     nonce: int = 0
 
     def to_frame(self) -> tuple[dict[str, Any], bytes]:
         return {"type": self.TYPE, "nonce": self.nonce}, b""
 
     @classmethod
-    def from_frame(cls, h: dict[str, Any], blob: bytes) -> Ping:
+    def from_frame(cls, h: dict[str, Any], blob: bytes) -> Self:
         return cls(_int(h, "nonce", 0, low=-(2**63), high=2**63 - 1))
+
+
+@dataclass(frozen=True)
+class Cancel(_JobOnly):
+    """bot -> engine: stop a job. Running: stops within one iteration; queued: removed.
+    The engine answers `cancelled` (with `unknown` true if it never heard of the job or
+    the job had already finished). Field: `job`."""
+
+    TYPE: ClassVar[str] = "cancel"
+
+
+@dataclass(frozen=True)
+class Ping(_NonceOnly):
+    """bot -> engine: are you alive? Answered with `pong` (same nonce) even mid-job.
+    Field: `nonce` (default 0)."""
+
+    TYPE: ClassVar[str] = "ping"
 
 
 @dataclass(frozen=True)
@@ -533,18 +548,10 @@ class Ready:
 
 
 @dataclass(frozen=True)
-class Started:
-    """engine -> bot: the job left the engine's queue and is computing."""
+class Started(_JobOnly):
+    """engine -> bot: the job left the engine's queue and is computing. Field: `job`."""
 
     TYPE: ClassVar[str] = "started"
-    job: str
-
-    def to_frame(self) -> tuple[dict[str, Any], bytes]:
-        return {"type": self.TYPE, "job": self.job}, b""
-
-    @classmethod
-    def from_frame(cls, h: dict[str, Any], blob: bytes) -> Started:
-        return cls(_job(h))
 
 
 @dataclass(frozen=True)
@@ -642,18 +649,10 @@ class Cancelled:
 
 
 @dataclass(frozen=True)
-class Pong:
-    """engine -> bot: answer to `ping`, same nonce."""
+class Pong(_NonceOnly):
+    """engine -> bot: answer to `ping`, same nonce. Field: `nonce` (default 0)."""
 
     TYPE: ClassVar[str] = "pong"
-    nonce: int = 0
-
-    def to_frame(self) -> tuple[dict[str, Any], bytes]:
-        return {"type": self.TYPE, "nonce": self.nonce}, b""
-
-    @classmethod
-    def from_frame(cls, h: dict[str, Any], blob: bytes) -> Pong:
-        return cls(_int(h, "nonce", 0, low=-(2**63), high=2**63 - 1))
 
 
 @dataclass(frozen=True)
