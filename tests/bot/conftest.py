@@ -1,4 +1,5 @@
-"""Fixtures for bot tests: settings that need no .env, and the bot SimCord drives.
+"""Fixtures for bot tests: settings that need no .env, the bot SimCord drives, a store on
+a hand-moved clock.
 
 SimCord's pytest plugin gives `simcord_env` (a running virtual Discord with our bot
 logged in, commands synced) once `simcord_bot` returns the bot to attach. Tests that need
@@ -14,9 +15,11 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+import simcord
 
 from bot.app import ImagineBot
 from bot.config import SETTING_NAMES, Settings
+from bot.store import Store
 
 #: A token-shaped fake. SimCord never sends it anywhere; tests check it never leaks.
 FAKE_TOKEN = "MTAxMjM0NTY3ODkwMTIzNDU2.GaBcDe.fake-token-for-tests-only_0123456789abcdef"
@@ -65,3 +68,45 @@ def empty_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     workdir.mkdir()
     monkeypatch.chdir(workdir)
     return workdir
+
+
+@pytest_asyncio.fixture
+async def env(simcord_env: simcord.Env) -> AsyncIterator[simcord.Env]:
+    """SimCord's environment, and afterwards the bot closed: `env.shutdown()` detaches the
+    bot without calling `bot.close()`, which would leave the SQLite store open (and its
+    worker thread complaining about a closed event loop in a later test)."""
+    yield simcord_env
+    await simcord_env.bot.close()
+
+
+def reply(result: simcord.InteractionResult) -> str:
+    """The ephemeral answer's text; fails if the answer was public or missing."""
+    assert result.response is not None, "the command did not answer"
+    assert result.response.ephemeral, "the answer was posted publicly"
+    return result.response.content
+
+
+class FakeClock:
+    """A clock tests move by hand."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest_asyncio.fixture
+async def store(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
+    """A fresh store in a directory it has to create, on `clock`."""
+    s = await Store.open(tmp_path / "data" / "bot.sqlite3", clock=clock)
+    yield s
+    await s.close()

@@ -4,7 +4,7 @@ quota policy then enforces it."""
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ from bot.jobs import JobKind
 from bot.quotas import WINDOW_SECONDS, QuotaSource, QuotaStatus
 from bot.services import Services
 from bot.store import QuotaLimit
-from tests.bot.conftest import make_settings
+from tests.bot.conftest import make_settings, reply
 
 COGS_UNDER_TEST = ("cogs.info", "cogs.admin")
 CONFIGURED_DEFAULT = 5
@@ -63,15 +63,6 @@ class Server:
 
 
 @pytest.fixture
-async def env(simcord_env: simcord.Env) -> AsyncIterator[simcord.Env]:
-    """SimCord's environment, and afterwards the bot closed: `env.shutdown()` detaches the
-    bot without calling `bot.close()`, which would leave the SQLite store open (and its
-    worker thread complaining about a closed event loop in a later test)."""
-    yield simcord_env
-    await simcord_env.bot.close()
-
-
-@pytest.fixture
 def server(env: simcord.Env) -> Server:
     guild = env.create_guild("art club")
     channel = guild.create_text_channel("general")
@@ -86,13 +77,6 @@ def server(env: simcord.Env) -> Server:
         bob=guild.add_member(env.create_user("bob"), roles=[patrons]),
         patrons=patrons,
     )
-
-
-def reply(result: simcord.InteractionResult) -> str:
-    """The ephemeral answer's text; fails if the answer was public or missing."""
-    assert result.response is not None, "the command did not answer"
-    assert result.response.ephemeral, "the answer was posted publicly"
-    return result.response.content
 
 
 # --- who may use it ------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import discord
@@ -17,7 +16,7 @@ from bot.jobs import Job, JobKind
 from bot.quotas import WINDOW_SECONDS
 from bot.services import RunningJob, Services
 from cogs.info import HELP_ADMIN_FIELD
-from tests.bot.conftest import make_settings
+from tests.bot.conftest import make_settings, reply
 
 CONFIGURED_DEFAULT = 5
 #: A finished job of 400 iterations in 200 s: the bot then estimates 0.5 s per iteration.
@@ -65,15 +64,6 @@ class Server:
 
 
 @pytest.fixture
-async def env(simcord_env: simcord.Env) -> AsyncIterator[simcord.Env]:
-    """SimCord's environment, and afterwards the bot closed: `env.shutdown()` detaches the
-    bot without calling `bot.close()`, which would leave the SQLite store open (and its
-    worker thread complaining about a closed event loop in a later test)."""
-    yield simcord_env
-    await simcord_env.bot.close()
-
-
-@pytest.fixture
 def server(env: simcord.Env) -> Server:
     guild = env.create_guild("art club")
     mods = guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
@@ -87,13 +77,6 @@ def server(env: simcord.Env) -> Server:
         admin=guild.add_member(env.create_user("admin"), roles=[mods]),
         patrons=patrons,
     )
-
-
-def reply(result: simcord.InteractionResult) -> str:
-    """The ephemeral answer's text; fails if the answer was public or missing."""
-    assert result.response is not None, "the command did not answer"
-    assert result.response.ephemeral, "the answer was posted publicly"
-    return result.response.content
 
 
 def timestamps(text: str) -> list[int]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from pathlib import Path
 
 import pytest
 
@@ -18,6 +17,7 @@ from bot.quotas import (
     format_duration,
 )
 from bot.store import Store
+from tests.bot.conftest import FakeClock
 
 GUILD = 1001
 ALICE = 3003
@@ -26,29 +26,6 @@ ROLE_VIP = 50
 ROLE_OTHER = 60
 HOUR = 60 * 60
 DAY = 24 * HOUR
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def store(tmp_path: Path, clock: FakeClock):
-    s = await Store.open(tmp_path / "bot.sqlite3", clock=clock)
-    yield s
-    await s.close()
 
 
 @pytest.fixture

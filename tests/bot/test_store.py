@@ -16,37 +16,13 @@ from bot.store import (
     Store,
     StoreError,
 )
+from tests.bot.conftest import FakeClock
 
 GUILD = 1001
 CHANNEL = 2002
 ALICE = 3003
 BOB = 4004
 DAY = 24 * 60 * 60
-
-
-class FakeClock:
-    """A clock tests move by hand."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def store(tmp_path: Path, clock: FakeClock):
-    s = await Store.open(tmp_path / "data" / "bot.sqlite3", clock=clock)
-    yield s
-    await s.close()
 
 
 async def add(store: Store, user_id: int = ALICE, **overrides) -> Job:
