@@ -420,13 +420,27 @@ def ensure_models(
     """Download whatever files of the named models are missing; return the paths fetched.
 
     Present files are not touched and cost no request, so the bot can call this on every
-    start. Stops at the first failure (EngineError) leaving any .part to resume next time.
+    start. Stops at the first failure (EngineError) leaving any .part to resume next time;
+    when other files are missing too, the error lists each one with its URL and the path
+    to place it at, so an operator without network can fix everything in one go.
     """
     model_dir = Path(model_dir)
     todo = missing_files(list(names), model_dir)
     fetched: list[Path] = []
-    for model, file in todo:
-        fetched.append(
-            download_file(file, model_dir, progress=progress, timeout=timeout, model_name=model.name)
-        )
+    for index, (model, file) in enumerate(todo):
+        try:
+            fetched.append(
+                download_file(file, model_dir, progress=progress, timeout=timeout,
+                              model_name=model.name)
+            )
+        except EngineError as error:
+            others = todo[index + 1:]
+            if not others:
+                raise
+            listing = "\n".join(
+                f"  {other.url}\n    -> {model_dir.resolve() / other.filename}"
+                for _, other in others
+            )
+            raise type(error)(f"{error}\nAlso missing (download each and place it as shown):\n"
+                              f"{listing}") from error
     return fetched

@@ -324,6 +324,33 @@ def test_ensure_models_fetches_only_the_missing_file(server, tmp_path):
     assert [path for path, _ in state.requests] == ["/loop.ckpt"]
 
 
+def test_ensure_models_offline_error_lists_every_missing_file_and_where_it_goes(tmp_path):
+    base = f"http://127.0.0.1:{closed_port()}"
+    yaml = ModelFile("loop.yaml", f"{base}/loop.yaml")
+    ckpt = ModelFile("loop.ckpt", f"{base}/loop.ckpt")
+    clip = ModelFile("tiny.pt", f"{base}/tiny.pt")
+    models = [KnownModel("loop", "vqgan", "test model", (yaml, ckpt)),
+              KnownModel("tiny", "clip", "test model", (clip,))]
+    with pytest.raises(EngineError) as caught:
+        ensure_models(models, tmp_path, progress=False)
+    message = str(caught.value)
+    assert "could not download loop.yaml" in message
+    for later in (ckpt, clip):
+        assert later.url in message
+        assert str((tmp_path / later.filename).resolve()) in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ensure_models_error_for_the_last_missing_file_lists_nothing_more(server, tmp_path):
+    base, state = server
+    model = two_file_model(base, state)
+    (tmp_path / "loop.yaml").write_bytes(b"model: {}\n")
+    state.fail_status = 500
+    with pytest.raises(EngineError) as caught:
+        ensure_models([model], tmp_path, progress=False)
+    assert "Also missing" not in str(caught.value)
+
+
 def test_missing_files_counts_wrong_size_file_as_missing(server, tmp_path):
     base, state = server
     model = two_file_model(base, state)
