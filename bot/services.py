@@ -8,6 +8,7 @@ Tests build the same object with a fake engine behind the same interface.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -36,6 +37,16 @@ class Engine(Protocol):
     async def cancel(self, job_id: str) -> None: ...
 
     async def close(self) -> None: ...
+
+
+#: Variables the engine process must not inherit: it never talks to Discord.
+SECRET_VARIABLES = ("DISCORD_TOKEN",)
+
+
+def worker_environment() -> dict[str, str]:
+    """The bot's environment minus its secrets, for the engine process: a library in the
+    worker that dumps its environment (a crash reporter, a debug log) cannot leak them."""
+    return {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
 
 
 @dataclass
@@ -85,7 +96,7 @@ class Services:
         if engine is None:
             from bot.engine_client import EngineClient, worker_command_for
 
-            engine = EngineClient(worker_command_for(settings))
+            engine = EngineClient(worker_command_for(settings), env=worker_environment())
         results_dir = Path(settings.results_dir)
         results_dir.mkdir(parents=True, exist_ok=True)
         store = await Store.open(settings.database_path, clock=clock)

@@ -19,6 +19,7 @@ import simcord
 from bot.__main__ import RedactingFormatter, models_to_download
 from bot.app import BOT_PERMISSIONS, COGS, ImagineBot, bot_intents, invite_url
 from cogs.info import HELP_TITLE
+from bot.services import Services
 from tests.bot.conftest import FAKE_TOKEN, clean_environ, make_settings
 
 DEV_GUILD_ID = 123456789012345678
@@ -300,3 +301,17 @@ def test_bot_side_modules_never_import_torch(empty_dir: Path) -> None:
                           capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+async def test_the_engine_process_does_not_inherit_the_discord_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", FAKE_TOKEN)
+    monkeypatch.setenv("SOME_OTHER_SETTING", "kept")
+    services = await Services.open(make_settings())
+    try:
+        env = services.engine.env
+        assert env is not None and "DISCORD_TOKEN" not in env
+        assert env["SOME_OTHER_SETTING"] == "kept"
+    finally:
+        await services.close()
