@@ -18,8 +18,8 @@ import simcord
 
 from bot.__main__ import RedactingFormatter, models_to_download
 from bot.app import BOT_PERMISSIONS, COGS, ImagineBot, bot_intents, invite_url
-from cogs.info import HELP_TITLE
 from bot.services import Services
+from cogs.info import HELP_TITLE
 from tests.bot.conftest import FAKE_TOKEN, clean_environ, make_settings
 
 DEV_GUILD_ID = 123456789012345678
