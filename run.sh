@@ -3,5 +3,5 @@
 # Settings come from .env (copy config.example.env) and the environment.
 set -euo pipefail
 cd "$(dirname "$0")"
-source scripts/bootstrap.sh
+source scripts/bootstrap.sh base
 exec "$VENV/bin/vqgan-clip-bot" "$@"

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Creates the virtual environment and installs the project into it, once per change of
 # pyproject.toml. Sourced by run.sh and test.sh so that both commands work on a fresh clone.
-# Usage: source scripts/bootstrap.sh [EXTRA]   (EXTRA is "test" for the test dependencies)
+# Usage: source scripts/bootstrap.sh base|test   ("test" adds the test dependencies)
+# The extra is always named: a sourced file sees its caller's arguments when given none,
+# and run.sh's arguments are the bot's, not ours.
 set -euo pipefail
 
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _extra="${1:-}"
+if [ "$_extra" != base ] && [ "$_extra" != test ]; then
+    echo "error: scripts/bootstrap.sh needs base or test, not '${_extra}'" >&2
+    exit 2
+fi
 VENV="${VENV:-$_root/.venv}"
 PYTHON="${PYTHON:-python3}"
 
@@ -20,11 +26,14 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 
-_stamp="$VENV/.installed-$(cat "$_root/pyproject.toml" | sha256sum | cut -c1-16)-${_extra:-base}"
-if [ ! -f "$_stamp" ]; then
+# One stamp per pyproject.toml and extra. The test extra holds everything the base install
+# does, so its stamp satisfies run.sh too (./test.sh then ./run.sh installs nothing).
+_hash="$(sha256sum <"$_root/pyproject.toml" | cut -c1-16)"
+_stamp="$VENV/.installed-$_hash-$_extra"
+if [ ! -f "$_stamp" ] && ! { [ "$_extra" = base ] && [ -f "$VENV/.installed-$_hash-test" ]; }; then
     echo "[setup] installing dependencies (the first time takes a few minutes: PyTorch is large)"
     _target="$_root"
-    [ -n "$_extra" ] && _target="$_root[$_extra]"
+    [ "$_extra" = test ] && _target="$_root[test]"
     _log="$VENV/install.log"
     if ! { "$VENV/bin/python" -m pip install --upgrade pip "setuptools<81" wheel \
            && "$VENV/bin/python" -m pip install -e "$_target"; } >"$_log" 2>&1; then
@@ -37,4 +46,4 @@ if [ ! -f "$_stamp" ]; then
     touch "$_stamp"
     echo "[setup] done"
 fi
-unset _root _extra _stamp _target _log
+unset _root _extra _hash _stamp _target _log
