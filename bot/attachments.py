@@ -1,13 +1,20 @@
-"""Checking images users hand the bot, before anything is queued or decoded.
+"""Checking images users hand the bot, before anything is queued.
 
 Images come only from Discord attachments (never from URLs a user types: the bot would
 then fetch arbitrary addresses from the server it runs on). Every check that can be made
 without downloading is made first, from what Discord tells us (content type, file name,
-byte size, and width/height when Discord knows them); then the bytes are downloaded and
+byte size, and width/height when Discord knows them). Then the bytes are downloaded and
 the image *header* is read with Pillow to learn the real format and pixel count before
 any pixel is decoded, which is what stops decompression bombs (a few KB of PNG that
-decode to gigabytes). Decoding, EXIF rotation and RGB conversion happen in the engine
-(`engine/images.py`), which applies the same limits again.
+decode to gigabytes). Only then, its cost bounded by the pixel count, is the image decoded
+in full: a file whose header is fine but whose data is cut short or damaged is refused
+here, privately, instead of failing in the engine after it was queued and charged.
+
+The byte limit is the engine's (`engine.limits.DEFAULT_MAX_IMAGE_BYTES`, or the
+operator's MAX_IMAGE_MB passed as `max_bytes`), so an image the bot accepts is never
+refused by the engine for its size. The engine turns images upright by their EXIF
+orientation; `CheckedImage.width/height` are already the upright sides, so a size picked
+from them fits what the engine will see. The bytes themselves are kept as uploaded.
 
 Every failure is an `AttachmentError` whose message says what was wrong and how to fix
 it, fit to show the user as is.
@@ -15,13 +22,19 @@ it, fit to show the user as is.
 
 from __future__ import annotations
 
+import asyncio
 import io
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import discord
-from PIL import Image
+from PIL import ExifTags, Image, ImageFile
+
+from engine.limits import DEFAULT_MAX_IMAGE_BYTES
 
 #: Formats the engine decodes, by Pillow format name -> file extension used on disk.
 ALLOWED_FORMATS: dict[str, str] = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif"}
@@ -29,14 +42,16 @@ ALLOWED_CONTENT_TYPES: frozenset[str] = frozenset(
     {"image/png", "image/jpeg", "image/jpg", "image/webp", "image/gif"}
 )
 ALLOWED_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
-#: Largest upload accepted. Discord's own limit for most servers is 10 MB; a photo that
-#: needs more is far larger than anything the engine works at anyway.
-MAX_BYTES = 10 * 1024 * 1024
 #: Largest pixel count accepted (e.g. 4096×4096). The engine scales inputs down to at most
-#: MAX_SIZE; a bigger input only costs memory and time.
+#: MAX_SIZE; a bigger input only costs memory and time. It also bounds what decoding an
+#: upload costs (at most about 64 MB of pixels).
 MAX_PIXELS = 4096 * 4096
 #: Sub-folder of RESULTS_DIR where input images are kept (so reroll/edit work after a restart).
 INPUTS_DIR = "inputs"
+
+#: EXIF orientations that turn the image a quarter turn (transpose, 270°, transverse,
+#: 90°): upright, its width and height are swapped.
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
 
 _FORMATS_TEXT = "PNG, JPEG, WebP or GIF"
 
@@ -47,7 +62,8 @@ class AttachmentError(Exception):
 
 @dataclass(frozen=True)
 class CheckedImage:
-    """An uploaded image that passed every check: its bytes, format and size."""
+    """An uploaded image that passed every check: its bytes (as uploaded), format, and
+    size once turned upright by its EXIF orientation (as the engine will see it)."""
 
     data: bytes
     extension: str  # without the dot: png, jpg, webp, gif
@@ -59,7 +75,14 @@ def _megabytes(size: int) -> str:
     return f"{size / (1024 * 1024):.1f} MB"
 
 
-def check_metadata(attachment: discord.Attachment) -> None:
+def _too_large(name: str, size: int, max_bytes: int) -> AttachmentError:
+    return AttachmentError(
+        f"`{name}` is {_megabytes(size)}; the limit is {_megabytes(max_bytes)}. "
+        "Save it smaller (e.g. as a JPEG, or scaled down) and attach it again."
+    )
+
+
+def check_metadata(attachment: discord.Attachment, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> None:
     """The checks that need no download: type, byte size and (when known) pixel count."""
     name = attachment.filename or "the file"
     extension = PurePosixPath(name.lower()).suffix
@@ -73,11 +96,8 @@ def check_metadata(attachment: discord.Attachment) -> None:
             f"`{name}` is not an image I can use ({content_type or 'unknown type'}). "
             f"Attach a {_FORMATS_TEXT} picture instead."
         )
-    if attachment.size > MAX_BYTES:
-        raise AttachmentError(
-            f"`{name}` is {_megabytes(attachment.size)}; the limit is {_megabytes(MAX_BYTES)}. "
-            "Save it smaller (e.g. as a JPEG, or scaled down) and attach it again."
-        )
+    if attachment.size > max_bytes:
+        raise _too_large(name, attachment.size, max_bytes)
     width, height = attachment.width, attachment.height
     if width and height and width * height > MAX_PIXELS:
         raise AttachmentError(_too_many_pixels(name, width, height))
@@ -91,44 +111,86 @@ def _too_many_pixels(name: str, width: int, height: int) -> str:
     )
 
 
-def check_bytes(data: bytes, name: str = "the file") -> CheckedImage:
-    """Read the image header (no pixel decoding) and check format and pixel count."""
-    if len(data) > MAX_BYTES:
-        raise AttachmentError(
-            f"`{name}` is {_megabytes(len(data))}; the limit is {_megabytes(MAX_BYTES)}. "
-            "Save it smaller and attach it again."
-        )
-    try:
-        with warnings.catch_warnings():
-            # Pillow warns (and over twice its limit, raises) on huge images; our own
-            # limit below is stricter, so its warning is noise here.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:  # reads the header only
-                image_format = image.format or ""
-                width, height = image.size
-    except Image.DecompressionBombError:
-        raise AttachmentError(
-            f"`{name}` has far too many pixels; the limit is {MAX_PIXELS:,}. Scale it down."
-        ) from None
-    except Exception:  # Pillow raises many kinds for garbage input; all mean "not an image"
-        raise AttachmentError(
-            f"`{name}` could not be read as an image (it may be damaged or not a picture). "
-            f"Attach a {_FORMATS_TEXT} file."
-        ) from None
-    extension = ALLOWED_FORMATS.get(image_format)
-    if extension is None:
-        raise AttachmentError(
-            f"`{name}` is a {image_format or 'unknown'} image; I can use {_FORMATS_TEXT}. "
-            "Convert it and attach it again."
-        )
-    if width <= 0 or height <= 0 or width * height > MAX_PIXELS:
-        raise AttachmentError(_too_many_pixels(name, width, height))
+def _unreadable(name: str) -> AttachmentError:
+    return AttachmentError(
+        f"`{name}` could not be read as an image (it may be damaged or not a picture). "
+        f"Attach a {_FORMATS_TEXT} file."
+    )
+
+
+_strict_lock = threading.Lock()
+
+
+@contextmanager
+def _strict_decoding() -> Iterator[None]:
+    """Pillow with LOAD_TRUNCATED_IMAGES off, and quiet about big images.
+
+    Both are process-wide settings. With LOAD_TRUNCATED_IMAGES on (any library in the
+    process may turn it on), Pillow decodes a cut-short or damaged file without complaint,
+    and the engine, which leaves it off, would then refuse the queued job. The
+    DecompressionBombWarning is noise here: our own pixel limit is stricter. The lock
+    keeps two checks (in worker threads) from restoring each other's settings.
+    """
+    with _strict_lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def check_bytes(
+    data: bytes, name: str = "the file", *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+) -> CheckedImage:
+    """Check byte size, format and pixel count from the header, then decode the image.
+
+    The header checks come before any pixel is decoded: they are what bounds the cost
+    of decoding. Only the first frame of an animation is decoded, as the engine uses only
+    that one. Blocking (up to a few hundred ms for the largest images): from async code
+    use `fetch_image`, which runs it in a thread.
+    """
+    if len(data) > max_bytes:
+        raise _too_large(name, len(data), max_bytes)
+    with _strict_decoding():
+        try:
+            image = Image.open(io.BytesIO(data))  # reads the header only
+        except Image.DecompressionBombError:
+            raise AttachmentError(
+                f"`{name}` has far too many pixels; the limit is {MAX_PIXELS:,}. Scale it down."
+            ) from None
+        except Exception:  # Pillow raises many kinds for garbage input; all mean "not an image"
+            raise _unreadable(name) from None
+        with image:
+            image_format = image.format or ""
+            extension = ALLOWED_FORMATS.get(image_format)
+            if extension is None:
+                raise AttachmentError(
+                    f"`{name}` is a {image_format or 'unknown'} image; I can use {_FORMATS_TEXT}. "
+                    "Convert it and attach it again."
+                )
+            width, height = image.size
+            if width <= 0 or height <= 0 or width * height > MAX_PIXELS:
+                raise AttachmentError(_too_many_pixels(name, width, height))
+            try:
+                image.load()
+                orientation = image.getexif().get(ExifTags.Base.Orientation)
+            except Exception:  # truncated, corrupt data, bad CRC, broken EXIF: all unreadable
+                raise _unreadable(name) from None
+    if orientation in _QUARTER_TURNS:
+        width, height = height, width
     return CheckedImage(data=data, extension=extension, width=width, height=height)
 
 
-async def fetch_image(attachment: discord.Attachment) -> CheckedImage:
-    """Check an attachment, download it, and check its header. Raises `AttachmentError`."""
-    check_metadata(attachment)
+async def fetch_image(
+    attachment: discord.Attachment, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+) -> CheckedImage:
+    """Check an attachment, download it, check and decode it. Raises `AttachmentError`.
+
+    `max_bytes` is the operator's limit (MAX_IMAGE_MB), the same the engine applies.
+    """
+    check_metadata(attachment, max_bytes=max_bytes)
     try:
         data = await attachment.read()
     except (discord.HTTPException, discord.NotFound) as error:
@@ -136,7 +198,8 @@ async def fetch_image(attachment: discord.Attachment) -> CheckedImage:
             f"`{attachment.filename}` could not be downloaded from Discord ({error.__class__.__name__}). "
             "Attach it again."
         ) from None
-    return check_bytes(data, attachment.filename)
+    # Decoding the largest images takes a few hundred ms: not on the loop every command shares.
+    return await asyncio.to_thread(check_bytes, data, attachment.filename, max_bytes=max_bytes)
 
 
 def first_image_attachment(message: discord.Message) -> discord.Attachment | None:
