@@ -9,6 +9,11 @@ Example: A queues A1 A2 A3, then B queues B1 -> A1, B1, A2, A3.
 `position()` and `eta_seconds()` replay exactly the rule `next()` uses, so the "#2" a
 member is told is the order things will run in (until someone new joins the queue).
 
+A job handed out by `next()`/`pop_nowait()` has left the queue but still *runs* for its
+user, and keeps its place under the per-user cap, until the runner calls `finish()`
+with its id, whatever became of it (done, failed, cancelled, interrupted). Any number of
+jobs may be running at once.
+
 In memory and pure asyncio; the store is the source of truth across restarts: the app
 calls `restore()` with the queued jobs from the store at start-up.
 """
@@ -46,8 +51,9 @@ _NEVER_SERVED = -1
 class Scheduler:
     """Round-robin queue of `Job`s with a per-user cap.
 
-    `max_queued_per_user` counts queued jobs only (the running one has left the queue);
-    None disables the cap. `max_queued_total` optionally bounds the whole queue.
+    `max_queued_per_user` (MAX_QUEUED_PER_USER) is how many jobs one user may have
+    waiting or running: queued ones plus those handed out and not yet `finish`ed. None
+    disables the cap. `max_queued_total` optionally bounds how many wait in the queue.
     """
 
     def __init__(
@@ -59,6 +65,7 @@ class Scheduler:
         self.max_queued_total = max_queued_total
         self._queues: dict[int, deque[_Entry]] = {}
         self._entries: dict[str, _Entry] = {}
+        self._running: dict[str, Job] = {}  # handed out, not yet finished
         self._last_served: dict[int, int] = {}
         self._serve_counter = itertools.count()
         self._submit_counter = itertools.count()
@@ -71,13 +78,13 @@ class Scheduler:
 
         Call this before storing a job, so a refused request costs no quota.
         """
-        queued = len(self._queues.get(user_id, ()))
         cap = self.max_queued_per_user
-        if cap is not None and queued >= cap:
-            noun = "image" if cap == 1 else "images"
+        held = self.queued_count(user_id) + self.running_count(user_id)
+        if cap is not None and held >= cap:
+            noun = "image" if held == 1 else "images"
             raise QueueFull(
-                f"You already have {queued} {noun} waiting in the queue, the most one person "
-                f"can have. Wait for one to start, or cancel one, then try again.",
+                f"You already have {held} {noun} waiting or running, the most one person "
+                f"can have. Wait for one to finish, or cancel one, then try again.",
                 user_id=user_id,
             )
         total = self.max_queued_total
@@ -99,7 +106,8 @@ class Scheduler:
         return position
 
     def restore(self, jobs: Iterable[Job]) -> None:
-        """Re-queue jobs after a restart, in the order given, ignoring the caps.
+        """Re-queue jobs after a restart, in the order given, ignoring the caps (they
+        count towards them once queued: the user adds no more until enough have finished).
 
         Pass the store's queued jobs in creation order (`jobs_with_status(QUEUED)`), with
         jobs interrupted by the restart (`requeue_running()`) first to resume them first.
@@ -121,7 +129,10 @@ class Scheduler:
         return (self._last_served.get(user_id, _NEVER_SERVED), self._queues[user_id][0].seq)
 
     def pop_nowait(self) -> Job | None:
-        """Take the next job by the round-robin rule, or None if the queue is empty."""
+        """Take the next job by the round-robin rule, or None if the queue is empty.
+
+        The job counts as running for its user until `finish(job.id)`.
+        """
         if not self._queues:
             self._available.clear()
             return None
@@ -131,11 +142,13 @@ class Scheduler:
         if not queue:
             del self._queues[user_id]
         del self._entries[entry.job.id]
+        self._running[entry.job.id] = entry.job
         self._last_served[user_id] = next(self._serve_counter)
         return entry.job
 
     async def next(self) -> Job:
-        """Wait until a job is queued, then take it. Cancelling the wait takes nothing."""
+        """Wait until a job is queued, then take it (running until `finish`). Cancelling
+        the wait takes nothing."""
         while True:
             job = self.pop_nowait()
             if job is not None:
@@ -152,6 +165,14 @@ class Scheduler:
         if not queue:
             del self._queues[entry.job.user_id]
         return entry.job
+
+    def finish(self, job_id: str) -> Job | None:
+        """A job handed out has ended, however: it no longer counts against its user's cap.
+
+        Returns the job, or None if it was not running (never handed out, or already
+        finished): calling it for every job taken, on every path, is always safe.
+        """
+        return self._running.pop(job_id, None)
 
     # ------------------------------------------------------------------ looking
 
@@ -223,10 +244,18 @@ class Scheduler:
             return len(self._entries)
         return len(self._queues.get(user_id, ()))
 
+    def running_count(self, user_id: int | None = None) -> int:
+        """Jobs handed out and not yet finished, in total or for one user."""
+        if user_id is None:
+            return len(self._running)
+        return sum(1 for job in self._running.values() if job.user_id == user_id)
+
     def __len__(self) -> int:
+        """Jobs waiting (running ones are not in the queue)."""
         return len(self._entries)
 
     def __contains__(self, job_id: object) -> bool:
+        """Whether the job is waiting (not whether it is running)."""
         return job_id in self._entries
 
 

@@ -1,4 +1,4 @@
-"""The fair queue: round-robin order, caps, positions, ETAs, waiting, restore."""
+"""The fair queue: round-robin order, caps, running jobs, positions, ETAs, waiting, restore."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def test_per_user_cap_refuses_with_a_clear_message() -> None:
     s = Scheduler(max_queued_per_user=2)
     s.submit(job(A))
     s.submit(job(A))
-    with pytest.raises(QueueFull, match="already have 2 images waiting") as caught:
+    with pytest.raises(QueueFull, match="already have 2 images waiting or running") as caught:
         s.submit(job(A))
     assert caught.value.user_id == A
     assert len(s) == 2
@@ -106,12 +106,85 @@ def test_per_user_cap_does_not_limit_other_users() -> None:
     assert len(s) == 2
 
 
-def test_cap_frees_once_a_job_leaves_the_queue() -> None:
+def test_per_user_cap_counts_the_running_job() -> None:
+    """MAX_QUEUED_PER_USER is what one member may have waiting *or running*: with a cap
+    of 3, one running and two waiting is the most."""
+    s = Scheduler(max_queued_per_user=3)
+    s.submit(job(A, "a1"))
+    assert s.pop_nowait().id == "a1"
+    s.submit(job(A))
+    s.submit(job(A))
+    with pytest.raises(QueueFull, match="already have 3 images waiting or running"):
+        s.submit(job(A))
+    assert s.queued_count(A) == 2 and s.running_count(A) == 1
+
+
+def test_finishing_the_running_job_frees_a_slot() -> None:
     s = Scheduler(max_queued_per_user=1)
+    s.submit(job(A, "a1"))
+    s.pop_nowait()
+    with pytest.raises(QueueFull):
+        s.check_capacity(A)
+    assert s.finish("a1") is not None
     s.submit(job(A))
-    s.pop_nowait()  # now running: not queued any more
+    assert s.queued_count(A) == 1 and s.running_count(A) == 0
+
+
+def test_cancelling_a_queued_job_frees_a_slot() -> None:
+    s = Scheduler(max_queued_per_user=2)
+    s.submit(job(A, "a1"))
+    s.pop_nowait()
+    s.submit(job(A, "a2"))
+    with pytest.raises(QueueFull):
+        s.check_capacity(A)
+    s.remove("a2")
+    s.submit(job(A, "a3"))
+    assert s.queued_count(A) == 1 and s.running_count(A) == 1
+
+
+def test_finish_of_a_job_not_running_is_harmless() -> None:
+    """The runner finishes every job it took, whatever became of it; a second call, or
+    one for a job never handed out, must change nothing."""
+    s = Scheduler(max_queued_per_user=1)
+    s.submit(job(A, "a1"))
+    assert s.finish("nope") is None
+    assert s.finish("a1") is None  # queued, not running: stays queued
+    assert s.position("a1") == 1
+    s.pop_nowait()
+    assert s.finish("a1") is not None
+    assert s.finish("a1") is None
+    assert s.running_count() == 0
+
+
+def test_one_user_may_have_several_jobs_running_at_once() -> None:
+    """With several engines, a member's jobs may run side by side; each holds a slot
+    until it is finished."""
+    s = Scheduler(max_queued_per_user=2)
+    s.submit(job(A, "a1"))
+    s.submit(job(A, "a2"))
+    s.pop_nowait()
+    s.pop_nowait()
+    assert s.running_count(A) == 2
+    with pytest.raises(QueueFull):
+        s.check_capacity(A)
+    s.finish("a2")
+    s.check_capacity(A)  # no error
+    assert s.running_count(A) == 1
+
+
+def test_a_running_job_is_not_in_the_queue() -> None:
+    s = Scheduler()
+    s.submit(job(A, "a1"))
+    s.pop_nowait()
+    assert "a1" not in s and len(s) == 0 and s.queued_jobs() == []
+
+
+def test_the_total_cap_counts_waiting_jobs_only() -> None:
+    s = Scheduler(max_queued_per_user=None, max_queued_total=1)
     s.submit(job(A))
-    assert s.queued_count(A) == 1
+    s.pop_nowait()
+    s.submit(job(B))  # one running, one waiting: the queue holds one
+    assert len(s) == 1
 
 
 def test_total_cap_refuses_when_the_whole_queue_is_full() -> None:
@@ -231,6 +304,16 @@ def test_restore_keeps_creation_order_per_user_and_round_robin() -> None:
     assert drain(s) == ["a1", "b1", "a2", "a3"]
 
 
+def test_restored_jobs_count_towards_the_cap_once_restored() -> None:
+    """Restoring ignores the cap (the jobs were accepted before the restart), but a member
+    over it may not add more until enough of them have finished."""
+    s = Scheduler(max_queued_per_user=1)
+    s.restore([job(A, "a1"), job(A, "a2")])
+    s.pop_nowait()
+    with pytest.raises(QueueFull, match="already have 2 images"):
+        s.check_capacity(A)
+
+
 def test_restoring_twice_does_not_duplicate() -> None:
     jobs = [job(A, "a1"), job(B, "b1")]
     s = Scheduler()
@@ -347,3 +430,46 @@ def test_scheduler_never_loses_or_duplicates_and_keeps_fifo_per_user(ops) -> Non
     for user in range(4):
         mine = [jid for jid in run if submitted[seq[jid]].user_id == user]
         assert mine == sorted(mine, key=seq.__getitem__)
+
+
+_cap_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("submit"), st.integers(0, 2)),
+        st.tuples(st.just("pop"), st.just(0)),
+        st.tuples(st.just("remove"), st.integers(0, 50)),
+        st.tuples(st.just("finish"), st.integers(0, 50)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_cap_ops)
+def test_a_user_never_holds_more_jobs_than_the_cap_and_is_refused_only_at_it(ops) -> None:
+    cap = 2
+    s = Scheduler(max_queued_per_user=cap)
+    submitted: list[Job] = []
+    running: set[str] = set()  # the model: handed out and not finished
+    for op, arg in ops:
+        if op == "submit":
+            held = s.queued_count(arg) + len({j for j in running if j.startswith(f"u{arg}-")})
+            j = job(arg, f"u{arg}-{len(submitted)}")
+            if held >= cap:
+                with pytest.raises(QueueFull):
+                    s.submit(j)
+            else:
+                s.submit(j)
+                submitted.append(j)
+        elif op == "pop":
+            if (j := s.pop_nowait()) is not None:
+                running.add(j.id)
+        elif submitted:
+            target = submitted[arg % len(submitted)].id
+            if op == "remove":
+                s.remove(target)
+            else:
+                assert (s.finish(target) is not None) == (target in running)
+                running.discard(target)
+        for user in range(3):
+            assert s.running_count(user) == len({j for j in running if j.startswith(f"u{user}-")})
+            assert s.queued_count(user) + s.running_count(user) <= cap
