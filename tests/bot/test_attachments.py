@@ -14,7 +14,6 @@ from PIL import Image, ImageFile
 
 import bot.attachments as attachments
 from engine.limits import DEFAULT_MAX_IMAGE_BYTES
-from tests.bot.fake_engine import png_bytes
 
 MiB = 1024 * 1024
 ORIENTATION = 0x0112  # the EXIF tag
@@ -39,6 +38,12 @@ class DownloadableAttachment:
     async def read(self) -> bytes:
         self.downloads += 1
         return self._data
+
+
+def png_bytes(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (40, 120, 200)).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def encoded(image_format: str, size: tuple[int, int] = (64, 48), **options: object) -> bytes:
