@@ -385,8 +385,9 @@ _ops = st.lists(
     ),
     max_size=60,
 )
-# "check" records the run order promised by position(); later pops must follow it
-# (removals just drop out of it) until a new submit changes the picture.
+# "check" records the run order promised by position(); later pops must follow it until
+# a new submit changes the picture. A removal may reorder what is left (a user whose
+# first job is cancelled keeps their turn for the next one), but never moves a job later.
 
 
 @settings(max_examples=200, deadline=None)
@@ -414,6 +415,10 @@ def test_scheduler_never_loses_or_duplicates_and_keeps_fifo_per_user(ops) -> Non
         elif op == "remove":
             if submitted and (j := s.remove(submitted[arg % len(submitted)].id)) is not None:
                 removed.append(j)
+                if promised is not None:
+                    before = {jid: place for place, jid in enumerate(promised) if jid in s}
+                    promised = [queued.id for queued in s.queued_jobs()]
+                    assert all(promised.index(jid) <= place for jid, place in before.items())
         else:
             by_position = {s.position(j.id): j.id for j in submitted if j.id in s}
             assert sorted(by_position) == list(range(1, len(s) + 1))
