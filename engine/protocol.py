@@ -1,34 +1,36 @@
-"""Engine <-> bot messages and their framing. Plain stdlib: the bot imports this without torch.
+"""Engine <-> bot messages, and one codec that derives each message's frame from its fields.
 
-Why a home-made framing rather than e.g. JSON lines: results and previews are binary (PNG,
-JPEG, uploaded images); base64 in JSON would cost a third more bytes and a copy. So:
-
-    frame = 4-byte big-endian unsigned length N
-          + N bytes of UTF-8 JSON header (an object)
-          + header["blob_size"] raw bytes, when the header has a positive `blob_size`
+Plain stdlib: the bot imports this without torch. Frames themselves (length prefix, JSON
+header, blob, limits, `ProtocolError`) are `engine.framing`'s; the names the bot uses are
+re-exported here, so `from engine import protocol as p` is all a caller needs.
 
 Every header has `type`; a header that concerns a job also has `job` (a string id chosen by
-the bot). One frame carries at most one blob. A `submit` may need several images (init
-image, image prompts, mask); it lists them in `parts`, in order, and its blob is their
-concatenation:
+the bot). How a message travels follows from its dataclass, so that the twelve messages
+cannot drift apart from one another or from their decoders:
+
+- each field, in definition order, is the header key of the same name, except the fields
+  that hold bytes;
+- a message with one `bytes` field (`progress`, `done`) sends it as the frame's blob;
+- a message with several (a `submit` may carry an init image, image prompts and a mask)
+  lists them in the header's `parts`, in field order, and its blob is their concatenation:
 
     {"type": "submit", "job": "k3q7", ..., "blob_size": 3000,
      "parts": [{"kind": "init_image", "size": 1000},
                {"kind": "image_prompt", "size": 1500, "weight": 1.0},
                {"kind": "mask_image", "size": 500}]}
 
+- what a field accepts beyond its type (integer range, text length, list length) and its
+  few special cases are in its `Annotated[..., Wire(...)]` type. A field left out of a
+  header, or null, takes its dataclass default (or `Wire.absent`); a field with neither is
+  required. Keys a message does not have are ignored. A bad field is a recoverable
+  `ProtocolError` naming the field and, when the header has one, the job.
+
+So field order is wire order: reordering fields or changing a bound changes the protocol
+(tests/engine/test_protocol_wire.py holds the bytes each message must encode to).
+
 Messages (see the dataclasses below for the fields):
     bot -> engine: submit, cancel, ping, shutdown
     engine -> bot: ready, started, progress (+JPEG), done (+PNG), failed, cancelled, pong, error
-
-Limits: a header is at most `MAX_HEADER_SIZE` bytes and a blob at most `MAX_BLOB_SIZE`.
-A reader that meets a bad frame raises `ProtocolError`; when `error.recoverable` is true the
-stream is still in sync (the bad frame was consumed whole, an oversized blob skipped) and
-the reader just goes on. When false (a length prefix so large that it can only be garbage,
-a stream that ends mid-frame) there is no way to find the next frame boundary again: the
-reader must give up on the stream. A header that is not valid JSON is assumed to carry no
-blob, which is right for everything but a sender that both corrupts a header and attaches
-a blob; no framing without markers can do better.
 
 The version in `ready` (`PROTOCOL_VERSION`) is bumped on any incompatible change; the bot
 refuses a worker that speaks another version.
@@ -37,27 +39,31 @@ refuses a worker that speaks another version.
 from __future__ import annotations
 
 import asyncio
-import json
+import dataclasses
+import functools
 import math
-import struct
-from collections.abc import Generator
-from dataclasses import dataclass
-from typing import Any, BinaryIO, ClassVar, Self, Union
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Annotated, Any, BinaryIO, ClassVar, Self, Union, cast
+
+# Re-exported: callers use them as `protocol.<name>`.
+from engine.framing import (  # noqa: F401
+    MAX_BLOB_SIZE,
+    MAX_HEADER_SIZE,
+    MAX_SKIPPABLE_BLOB,
+    MAX_SKIPPABLE_HEADER,
+    Frame,
+    ProtocolError,
+    encode_frame,
+    job_of,
+    read_frame,
+    read_frame_async,
+    write_frame,
+    write_frame_async,
+)
 
 PROTOCOL_VERSION = 1
-
-#: Largest JSON header accepted. Headers hold ids, prompts and numbers: 64 KiB is plenty.
-MAX_HEADER_SIZE = 64 * 1024
-#: Largest blob accepted: a 4096x4096 PNG fits; anything bigger is a bug or an attack.
-MAX_BLOB_SIZE = 32 * 1024 * 1024
-#: An oversized header up to this size is still read (and thrown away) so that its
-#: `blob_size` can be skipped too and the stream stays in sync. Beyond it the length is
-#: almost certainly garbage (unframed bytes), and the stream cannot be resynced.
-MAX_SKIPPABLE_HEADER = 1024 * 1024
-#: An oversized blob up to this size is skipped (read and discarded in chunks); beyond it
-#: waiting for that many bytes would hang on garbage, so the stream is given up.
-MAX_SKIPPABLE_BLOB = 256 * 1024 * 1024
-_SKIP_CHUNK = 64 * 1024
 
 #: Bounds checked when decoding a `submit`; the bot enforces tighter, configured ones.
 MAX_PROMPTS = 64
@@ -68,278 +74,285 @@ MAX_ITERATIONS = 100_000
 MAX_CUTN = 1024
 MAX_JOB_ID_CHARS = 128
 
-_LENGTH = struct.Struct(">I")
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
 
 
-class ProtocolError(Exception):
-    """A frame or message that breaks the protocol.
-
-    `recoverable`: the stream is still in sync and reading may go on.
-    `job`: the job id from the offending header, when one could be read, so that the
-    answer (an `error` event) can name it.
-    """
-
-    def __init__(self, message: str, *, recoverable: bool = True, job: str | None = None) -> None:
-        super().__init__(message)
-        self.recoverable = recoverable
-        self.job = job
+_UNSET: Any = _Unset()
 
 
 @dataclass(frozen=True)
-class Frame:
-    """One decoded frame: the JSON header (a dict with at least `type`) and its blob."""
+class Wire:
+    """What a field accepts beyond its type, and how it travels when that is not plain."""
 
-    header: dict[str, Any]
-    blob: bytes = b""
+    low: int = 0                  # integers: the smallest accepted
+    high: int = 2**63 - 1         # integers: the largest accepted
+    max_chars: int = 10_000       # text: the longest accepted
+    non_empty: bool = False       # text: "" is refused
+    max_items: int | None = None  # tuples: the most items accepted
+    absent: Any = _UNSET          # the value of a field left out or null, where that is not its default
+    omit_none: bool = False       # None leaves the key out instead of sending null
+    finite_or_null: bool = False  # floats: NaN/inf (which JSON cannot hold) travel as null
+    part: str = ""                # bytes: the `kind` of its blob parts, when not the field's name
+
+
+JobId = Annotated[str, Wire(max_chars=MAX_JOB_ID_CHARS, non_empty=True)]
+Side = Annotated[int, Wire(low=1, high=MAX_SIDE)]
+
+
+# --------------------------------------------------------------------------------------
+# The codec: one per dataclass, built from its fields and type hints.
+# --------------------------------------------------------------------------------------
+
+
+class _Context:
+    """The header being decoded, so that an error can name its type and job."""
+
+    def __init__(self, header: dict[str, Any]) -> None:
+        self.type = header.get("type")
+        self.job = job_of(header)
+
+    def bad(self, key: str, what: str) -> ProtocolError:
+        return ProtocolError(f"`{self.type}` field `{key}` must be {what}", job=self.job)
+
+    def needs(self, key: str) -> ProtocolError:
+        return ProtocolError(f"`{self.type}` needs `{key}`", job=self.job)
+
+
+@dataclass(frozen=True)
+class _Field:
+    """One field as the codec sees it. `kind`: str, int, float, bool, bytes, or items (a
+    tuple of a dataclass, `item`)."""
+
+    name: str
+    kind: str
+    optional: bool = False
+    wire: Wire = Wire()
+    default: Any = _UNSET
+    item: type | None = None
 
     @property
-    def type(self) -> str:
-        return self.header["type"]
+    def when_missing(self) -> Any:
+        return self.default if self.wire.absent is _UNSET else self.wire.absent
+
+    @property
+    def part_kind(self) -> str:
+        return self.wire.part or self.name
+
+    @property
+    def holds_bytes(self) -> bool:
+        return self.kind == "bytes" or (self.item is not None and bool(_codec(self.item).blob_fields))
 
 
-# --------------------------------------------------------------------------------------
-# Framing, sans-IO: one generator says what to read next; sync and async drivers feed it.
-# --------------------------------------------------------------------------------------
-
-_READ = "read"
-_SKIP = "skip"
+_SCALARS: dict[Any, str] = {str: "str", int: "int", float: "float", bool: "bool", bytes: "bytes"}
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed in a header")
+def _describe(spec: dataclasses.Field[Any], hint: Any) -> _Field:
+    wire = Wire()
+    if typing.get_origin(hint) is Annotated:
+        hint, *extras = typing.get_args(hint)
+        wire = next((extra for extra in extras if isinstance(extra, Wire)), wire)
+    optional = False
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if len(options) != 1:
+            raise TypeError(f"field {spec.name}: only `X | None` unions can travel")
+        optional, hint = True, options[0]
+    if spec.default_factory is not dataclasses.MISSING:
+        raise TypeError(f"field {spec.name}: give a plain default, not a factory")
+    default = _UNSET if spec.default is dataclasses.MISSING else spec.default
+    if hint in _SCALARS:
+        return _Field(spec.name, _SCALARS[hint], optional, wire, default)
+    args = typing.get_args(hint)
+    if (typing.get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis
+            and dataclasses.is_dataclass(args[0]) and not optional):
+        return _Field(spec.name, "items", False, wire, default, args[0])
+    raise TypeError(f"field {spec.name}: {hint!r} cannot travel in a frame")
 
 
-def _parse_header(raw: bytes) -> dict[str, Any]:
-    """Bytes -> header dict, or ProtocolError (recoverable: the bytes were consumed)."""
-    try:
-        header = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise ProtocolError(f"frame header is not valid UTF-8 JSON: {error}") from None
-    if not isinstance(header, dict):
-        raise ProtocolError(f"frame header must be a JSON object, not {type(header).__name__}")
-    job = header.get("job") if isinstance(header.get("job"), str) else None
-    if not isinstance(header.get("type"), str) or not header["type"]:
-        raise ProtocolError("frame header has no `type` string", job=job)
-    size = header.get("blob_size", 0)
-    if type(size) is not int or size < 0:
-        raise ProtocolError("frame header `blob_size` must be a non-negative integer", job=job)
-    return header
+class _Codec:
+    """Encodes and decodes one dataclass (a message, or an item inside one)."""
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+        self.type: str = getattr(cls, "TYPE", cls.__name__)
+        hints = typing.get_type_hints(cls, include_extras=True)
+        fields = [_describe(spec, hints[spec.name]) for spec in dataclasses.fields(cls)]
+        self.header_fields = [f for f in fields if not f.holds_bytes]
+        self.blob_fields = [f for f in fields if f.holds_bytes]
+        blob = self.blob_fields
+        # One plain `bytes` field is the blob; otherwise optional bytes and tuples of items
+        # with one bytes field each travel as `parts`.
+        self.raw_blob = len(blob) == 1 and blob[0].kind == "bytes" and not blob[0].optional
+        if not self.raw_blob:
+            for f in blob:
+                if f.kind == "bytes" and not f.optional:
+                    raise TypeError(f"{cls.__name__}.{f.name}: a bytes part must be optional")
+                if f.item is not None:
+                    item = _codec(f.item)
+                    if not item.raw_blob or {"kind", "size"} & {g.name for g in item.header_fields}:
+                        raise TypeError(f"{cls.__name__}.{f.name}: items need one bytes field "
+                                        "and no field named kind or size")
+        limits = [f"one {f.part_kind}" if f.kind == "bytes" else f"{f.wire.max_items} {f.part_kind}"
+                  for f in blob]
+        self.parts_limit = ("at most " + ", ".join(limits[:-1]) + " and " + limits[-1] + " parts"
+                            if len(limits) > 1 else "")
+
+    # -- encoding ------------------------------------------------------------------------
+
+    def encode(self, message: Any) -> tuple[dict[str, Any], bytes]:
+        header: dict[str, Any] = {"type": self.type, **self.encode_fields(message)}
+        if self.raw_blob:
+            return header, bytes(getattr(message, self.blob_fields[0].name))
+        if not self.blob_fields:
+            return header, b""
+        parts: list[dict[str, Any]] = []
+        blobs: list[bytes] = []
+        for f in self.blob_fields:
+            value = getattr(message, f.name)
+            if f.item is None:
+                if value is not None:
+                    parts.append({"kind": f.part_kind, "size": len(value)})
+                    blobs.append(value)
+                continue
+            item_codec = _codec(f.item)
+            for item in value:
+                data = getattr(item, item_codec.blob_fields[0].name)
+                parts.append({"kind": f.part_kind, "size": len(data),
+                              **item_codec.encode_fields(item)})
+                blobs.append(data)
+        header["parts"] = parts
+        return header, b"".join(blobs)
+
+    def encode_fields(self, obj: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in self.header_fields:
+            value = getattr(obj, f.name)
+            if value is None and f.wire.omit_none:
+                continue
+            if f.item is not None:
+                item_codec = _codec(f.item)
+                value = [item_codec.encode_fields(item) for item in value]
+            elif f.kind == "float" and f.wire.finite_or_null and not math.isfinite(value):
+                value = None
+            out[f.name] = value
+        return out
+
+    # -- decoding ------------------------------------------------------------------------
+
+    def decode(self, header: dict[str, Any], blob: bytes) -> Any:
+        context = _Context(header)
+        if blob and not self.blob_fields:
+            raise ProtocolError(f"`{self.type}` carries no blob", job=context.job)
+        values = self.decode_fields(context, header)
+        if self.raw_blob:
+            values[self.blob_fields[0].name] = blob
+        elif self.blob_fields:
+            values.update(self._decode_parts(context, header, blob))
+        return self.cls(**values)
+
+    def decode_fields(self, context: _Context, header: dict[str, Any],
+                      prefix: str = "") -> dict[str, Any]:
+        return {f.name: _decode_value(context, f, prefix + f.name, header.get(f.name))
+                for f in self.header_fields}
+
+    def _decode_parts(self, context: _Context, header: dict[str, Any],
+                      blob: bytes) -> dict[str, Any]:
+        raw_parts = header.get("parts")
+        raw_parts = [] if raw_parts is None else raw_parts
+        if not isinstance(raw_parts, list):
+            raise context.bad("parts", "a list of {kind, size} objects")
+        slots = {f.part_kind: f for f in self.blob_fields}
+        values: dict[str, Any] = {f.name: None if f.item is None else [] for f in self.blob_fields}
+        offset = 0
+        for index, part in enumerate(raw_parts):
+            if not isinstance(part, dict):
+                raise context.bad("parts", "a list of {kind, size} objects")
+            key = f"parts[{index}]"
+            kind = _decode_value(context, _Field("kind", "str"), f"{key}.kind", part.get("kind"))
+            size_field = _Field("size", "int", wire=Wire(high=len(blob) - offset))
+            size = _decode_value(context, size_field, f"{key}.size", part.get("size"))
+            data = blob[offset:offset + size]
+            offset += size
+            slot = slots.get(kind)
+            if slot is None:
+                raise context.bad("parts", self.parts_limit)
+            if slot.item is None:
+                if values[slot.name] is not None:
+                    raise context.bad("parts", self.parts_limit)
+                values[slot.name] = data
+                continue
+            items = values[slot.name]
+            if slot.wire.max_items is not None and len(items) >= slot.wire.max_items:
+                raise context.bad("parts", self.parts_limit)
+            item_codec = _codec(slot.item)
+            item_values = item_codec.decode_fields(context, part, f"{key}.")
+            item_values[item_codec.blob_fields[0].name] = data
+            items.append(slot.item(**item_values))
+        if offset != len(blob):
+            raise ProtocolError(f"`{self.type}` parts add up to {offset} bytes but the blob has "
+                                f"{len(blob)}", job=context.job)
+        return {name: tuple(value) if isinstance(value, list) else value
+                for name, value in values.items()}
 
 
-def _job_of(header: dict[str, Any]) -> str | None:
-    job = header.get("job")
-    return job if isinstance(job, str) else None
-
-
-def _frame_steps() -> Generator[tuple[str, int], bytes, Frame]:
-    """Yields (what, n): `read` n bytes and send them in, or `skip` n bytes (send b"").
-
-    Returns the frame, or raises ProtocolError. End-of-stream is the driver's business.
-    """
-    (length,) = _LENGTH.unpack((yield (_READ, _LENGTH.size)))
-    if length == 0:
-        raise ProtocolError("frame header is empty (length 0)")
-    if length > MAX_HEADER_SIZE:
-        if length > MAX_SKIPPABLE_HEADER:
-            raise ProtocolError(
-                f"frame header length {length} is far beyond the {MAX_HEADER_SIZE}-byte limit: "
-                "the stream is garbage or out of sync and cannot be resynced",
-                recoverable=False,
-            )
-        raw = yield (_READ, length)
-        message = f"frame header of {length} bytes exceeds the {MAX_HEADER_SIZE}-byte limit"
-        try:
-            header = _parse_header(raw)
-        except ProtocolError:
-            raise ProtocolError(message + " (and is not a valid header)") from None
-        size = header.get("blob_size", 0)
-        if size > MAX_SKIPPABLE_BLOB:
-            raise ProtocolError(message + "; its blob is too large to skip, stream given up",
-                                recoverable=False, job=_job_of(header))
-        if size:
-            yield (_SKIP, size)
-        raise ProtocolError(message, job=_job_of(header))
-    header = _parse_header((yield (_READ, length)))
-    size = header.get("blob_size", 0)
-    if size > MAX_BLOB_SIZE:
-        message = f"frame blob of {size} bytes exceeds the {MAX_BLOB_SIZE}-byte limit"
-        if size > MAX_SKIPPABLE_BLOB:
-            raise ProtocolError(message + "; too large to skip, stream given up",
-                                recoverable=False, job=_job_of(header))
-        yield (_SKIP, size)
-        raise ProtocolError(message + " (skipped)", job=_job_of(header))
-    blob = (yield (_READ, size)) if size else b""
-    return Frame(header, blob)
-
-
-def _truncated() -> ProtocolError:
-    return ProtocolError("stream ended in the middle of a frame", recoverable=False)
-
-
-def _read_exact_sync(stream: BinaryIO, n: int) -> bytes:
-    parts: list[bytes] = []
-    got = 0
-    while got < n:
-        chunk = stream.read(n - got)
-        if not chunk:
-            break
-        parts.append(chunk)
-        got += len(chunk)
-    return b"".join(parts)
-
-
-def read_frame(stream: BinaryIO) -> Frame | None:
-    """Read one frame from a blocking binary stream. None at a clean end of stream.
-
-    Raises ProtocolError for a bad frame (see `recoverable`).
-    """
-    steps = _frame_steps()
-    what, n = next(steps)
-    first = True
-    try:
-        while True:
-            if what == _READ:
-                data = _read_exact_sync(stream, n)
-                if len(data) < n:
-                    if first and not data:
-                        return None
-                    raise _truncated()
-            else:
-                left = n
-                while left:
-                    chunk = stream.read(min(left, _SKIP_CHUNK))
-                    if not chunk:
-                        raise _truncated()
-                    left -= len(chunk)
-                data = b""
-            first = False
-            what, n = steps.send(data)
-    except StopIteration as stop:
-        return stop.value
-
-
-async def read_frame_async(reader: asyncio.StreamReader) -> Frame | None:
-    """Read one frame from an asyncio stream. None at a clean end of stream.
-
-    Raises ProtocolError for a bad frame (see `recoverable`).
-    """
-    steps = _frame_steps()
-    what, n = next(steps)
-    first = True
-    try:
-        while True:
-            try:
-                if what == _READ:
-                    data = await reader.readexactly(n)
-                else:
-                    left = n
-                    while left:
-                        chunk = await reader.readexactly(min(left, _SKIP_CHUNK))
-                        left -= len(chunk)
-                    data = b""
-            except asyncio.IncompleteReadError as error:
-                if first and not error.partial:
-                    return None
-                raise _truncated() from None
-            first = False
-            what, n = steps.send(data)
-    except StopIteration as stop:
-        return stop.value
-
-
-def encode_frame(header: dict[str, Any], blob: bytes = b"") -> bytes:
-    """Header + blob -> the bytes of one frame. Sets `blob_size` from the blob.
-
-    Raises ProtocolError (nothing written) for a header or blob over the limits, a header
-    without `type`, or a header that JSON cannot hold (NaN, non-string keys, ...).
-    """
-    if not isinstance(header.get("type"), str):
-        raise ProtocolError("a frame header needs a `type` string")
-    header = {k: v for k, v in header.items() if k != "blob_size"}
-    if blob:
-        header["blob_size"] = len(blob)
-    try:
-        raw = json.dumps(header, ensure_ascii=False, allow_nan=False,
-                         separators=(",", ":")).encode("utf-8")
-    except (TypeError, ValueError) as error:
-        raise ProtocolError(f"header cannot be encoded as JSON: {error}") from None
-    if len(raw) > MAX_HEADER_SIZE:
-        raise ProtocolError(f"header of {len(raw)} bytes exceeds the {MAX_HEADER_SIZE}-byte limit")
-    if len(blob) > MAX_BLOB_SIZE:
-        raise ProtocolError(f"blob of {len(blob)} bytes exceeds the {MAX_BLOB_SIZE}-byte limit")
-    return _LENGTH.pack(len(raw)) + raw + bytes(blob)
-
-
-def write_frame(stream: BinaryIO, header: dict[str, Any], blob: bytes = b"") -> None:
-    """Write one frame to a blocking binary stream and flush it (the reader waits on it)."""
-    stream.write(encode_frame(header, blob))
-    stream.flush()
-
-
-async def write_frame_async(writer: asyncio.StreamWriter, header: dict[str, Any],
-                            blob: bytes = b"") -> None:
-    """Write one frame to an asyncio stream and wait until it is flushed (backpressure)."""
-    writer.write(encode_frame(header, blob))
-    await writer.drain()
-
-
-# --------------------------------------------------------------------------------------
-# Field checks used when decoding: a bad field is a recoverable ProtocolError naming it.
-# --------------------------------------------------------------------------------------
-
-_MISSING = object()
-
-
-def _field(h: dict[str, Any], key: str, default: Any = _MISSING) -> Any:
-    if key in h and h[key] is not None:
-        return h[key]
-    if default is _MISSING:
-        raise ProtocolError(f"`{h.get('type')}` needs `{key}`", job=_job_of(h))
-    return default
-
-
-def _bad(h: dict[str, Any], key: str, what: str) -> ProtocolError:
-    return ProtocolError(f"`{h.get('type')}` field `{key}` must be {what}", job=_job_of(h))
-
-
-def _str(h: dict[str, Any], key: str, default: Any = _MISSING, *, max_chars: int = 10_000,
-         empty: bool = True) -> Any:
-    value = _field(h, key, default)
-    if value is default and default is not _MISSING:
+def _decode_value(context: _Context, f: _Field, key: str, value: Any) -> Any:
+    """A header value checked against its field: the value to construct with, or a
+    recoverable ProtocolError naming `key`."""
+    if value is None:
+        if f.when_missing is _UNSET:
+            raise context.needs(key)
+        return f.when_missing
+    wire = f.wire
+    if f.kind == "str":
+        if not isinstance(value, str) or len(value) > wire.max_chars or (wire.non_empty and not value):
+            raise context.bad(key, f"a {'non-empty ' if wire.non_empty else ''}string of at most "
+                                   f"{wire.max_chars} characters")
         return value
-    if not isinstance(value, str) or len(value) > max_chars or (not empty and not value):
-        raise _bad(h, key, f"a {'non-empty ' if not empty else ''}string of at most {max_chars} characters")
-    return value
-
-
-def _int(h: dict[str, Any], key: str, default: Any = _MISSING, *, low: int = 0,
-         high: int = 2**63 - 1) -> Any:
-    value = _field(h, key, default)
-    if value is default and default is not _MISSING:
+    if f.kind == "int":
+        if type(value) is not int or not wire.low <= value <= wire.high:
+            raise context.bad(key, f"an integer from {wire.low} to {wire.high}")
         return value
-    if type(value) is not int or not low <= value <= high:
-        raise _bad(h, key, f"an integer from {low} to {high}")
-    return value
-
-
-def _float(h: dict[str, Any], key: str, default: Any = _MISSING) -> Any:
-    value = _field(h, key, default)
-    if value is default and default is not _MISSING:
+    if f.kind == "float":
+        if type(value) not in (int, float) or not math.isfinite(value):
+            raise context.bad(key, "a finite number")
+        return float(value)
+    if f.kind == "bool":
+        if not isinstance(value, bool):
+            raise context.bad(key, "true or false")
         return value
-    if type(value) not in (int, float) or not math.isfinite(value):
-        raise _bad(h, key, "a finite number")
-    return float(value)
+    assert f.item is not None, f"{f.kind} fields travel in the blob"
+    item_codec = _codec(f.item)
+    shape = "{" + ", ".join(g.name for g in item_codec.header_fields) + "}"
+    if not isinstance(value, list) or (wire.max_items is not None and len(value) > wire.max_items):
+        limit = "" if wire.max_items is None else f"at most {wire.max_items} "
+        raise context.bad(key, f"a list of {limit}{shape} objects")
+    items = []
+    for index, raw in enumerate(value):
+        if not isinstance(raw, dict):
+            raise context.bad(key, f"a list of {shape} objects")
+        items.append(f.item(**item_codec.decode_fields(context, raw, f"{key}[{index}].")))
+    return tuple(items)
 
 
-def _bool(h: dict[str, Any], key: str, default: bool = False) -> bool:
-    value = _field(h, key, default)
-    if not isinstance(value, bool):
-        raise _bad(h, key, "true or false")
-    return value
+@functools.cache
+def _codec(cls: type) -> _Codec:
+    return _Codec(cls)
 
 
-def _job(h: dict[str, Any]) -> str:
-    return _str(h, "job", max_chars=MAX_JOB_ID_CHARS, empty=False)
+class _Message:
+    """What every message shares: its frame comes from its fields (see the module doc)."""
+
+    TYPE: ClassVar[str]
+
+    def to_frame(self) -> tuple[dict[str, Any], bytes]:
+        return _codec(type(self)).encode(self)
+
+    @classmethod
+    def from_frame(cls, header: dict[str, Any], blob: bytes = b"") -> Self:
+        return cast(Self, _codec(cls).decode(header, blob))
 
 
 # --------------------------------------------------------------------------------------
@@ -351,7 +364,7 @@ def _job(h: dict[str, Any]) -> str:
 class TextPromptSpec:
     """One text prompt and its weight (negative steers away), as `engine.prompts` parses it."""
 
-    text: str
+    text: Annotated[str, Wire(max_chars=MAX_PROMPT_CHARS)]
     weight: float = 1.0
 
 
@@ -364,7 +377,7 @@ class ImagePromptSpec:
 
 
 @dataclass(frozen=True)
-class Submit:
+class Submit(_Message):
     """bot -> engine: run a job. The engine answers started/progress*/done|failed|cancelled.
 
     Sizes are (width, height) in pixels; the engine rounds them to the VQGAN factor.
@@ -375,124 +388,35 @@ class Submit:
     """
 
     TYPE: ClassVar[str] = "submit"
-    job: str
-    prompts: tuple[TextPromptSpec, ...]
-    width: int = 512
-    height: int = 512
-    iterations: int = 400
+    job: JobId
+    prompts: Annotated[tuple[TextPromptSpec, ...], Wire(max_items=MAX_PROMPTS)]
+    width: Side = 512
+    height: Side = 512
+    iterations: Annotated[int, Wire(low=1, high=MAX_ITERATIONS)] = 400
     seed: int | None = None
-    cutn: int = 32
-    image_prompts: tuple[ImagePromptSpec, ...] = ()
+    cutn: Annotated[int, Wire(low=1, high=MAX_CUTN)] = 32
+    # The images travel as parts in this order: init image, image prompts, mask.
     init_image: bytes | None = None
-    replace: str | None = None
+    image_prompts: Annotated[tuple[ImagePromptSpec, ...],
+                             Wire(max_items=MAX_IMAGE_PROMPTS, part="image_prompt")] = ()
+    replace: Annotated[str | None, Wire(max_chars=MAX_PROMPT_CHARS)] = None
     mask_image: bytes | None = None
-    progress_every: int = 10
-    preview_size: int = 256
-
-    def to_frame(self) -> tuple[dict[str, Any], bytes]:
-        parts: list[dict[str, Any]] = []
-        blobs: list[bytes] = []
-        if self.init_image is not None:
-            parts.append({"kind": "init_image", "size": len(self.init_image)})
-            blobs.append(self.init_image)
-        for prompt in self.image_prompts:
-            parts.append({"kind": "image_prompt", "size": len(prompt.data), "weight": prompt.weight})
-            blobs.append(prompt.data)
-        if self.mask_image is not None:
-            parts.append({"kind": "mask_image", "size": len(self.mask_image)})
-            blobs.append(self.mask_image)
-        header = {
-            "type": self.TYPE, "job": self.job,
-            "prompts": [{"text": p.text, "weight": p.weight} for p in self.prompts],
-            "width": self.width, "height": self.height, "iterations": self.iterations,
-            "seed": self.seed, "cutn": self.cutn, "replace": self.replace,
-            "progress_every": self.progress_every, "preview_size": self.preview_size,
-            "parts": parts,
-        }
-        return header, b"".join(blobs)
-
-    @classmethod
-    def from_frame(cls, h: dict[str, Any], blob: bytes) -> Submit:
-        job = _job(h)
-        raw_prompts = _field(h, "prompts")
-        if not isinstance(raw_prompts, list) or len(raw_prompts) > MAX_PROMPTS:
-            raise _bad(h, "prompts", f"a list of at most {MAX_PROMPTS} {{text, weight}} objects")
-        prompts = []
-        for item in raw_prompts:
-            if not isinstance(item, dict):
-                raise _bad(h, "prompts", "a list of {text, weight} objects")
-            item = {"type": "submit", "job": job, **item}
-            prompts.append(TextPromptSpec(_str(item, "text", max_chars=MAX_PROMPT_CHARS),
-                                          _float(item, "weight", 1.0)))
-        raw_parts = _field(h, "parts", [])
-        if not isinstance(raw_parts, list):
-            raise _bad(h, "parts", "a list of {kind, size} objects")
-        init_image = mask_image = None
-        image_prompts: list[ImagePromptSpec] = []
-        offset = 0
-        for item in raw_parts:
-            if not isinstance(item, dict):
-                raise _bad(h, "parts", "a list of {kind, size} objects")
-            item = {"type": "submit", "job": job, **item}
-            kind = _str(item, "kind")
-            size = _int(item, "size", low=0, high=len(blob) - offset)
-            data = blob[offset:offset + size]
-            offset += size
-            if kind == "init_image" and init_image is None:
-                init_image = data
-            elif kind == "mask_image" and mask_image is None:
-                mask_image = data
-            elif kind == "image_prompt" and len(image_prompts) < MAX_IMAGE_PROMPTS:
-                image_prompts.append(ImagePromptSpec(data, _float(item, "weight", 1.0)))
-            else:
-                raise _bad(h, "parts", "at most one init_image, one mask_image and "
-                           f"{MAX_IMAGE_PROMPTS} image_prompt parts")
-        if offset != len(blob):
-            raise ProtocolError(f"`submit` parts add up to {offset} bytes but the blob has "
-                                f"{len(blob)}", job=job)
-        replace = _str(h, "replace", None, max_chars=MAX_PROMPT_CHARS)
-        return cls(
-            job=job, prompts=tuple(prompts),
-            width=_int(h, "width", 512, low=1, high=MAX_SIDE),
-            height=_int(h, "height", 512, low=1, high=MAX_SIDE),
-            iterations=_int(h, "iterations", 400, low=1, high=MAX_ITERATIONS),
-            seed=_int(h, "seed", None, low=0, high=2**63 - 1),
-            cutn=_int(h, "cutn", 32, low=1, high=MAX_CUTN),
-            image_prompts=tuple(image_prompts), init_image=init_image,
-            replace=replace, mask_image=mask_image,
-            progress_every=_int(h, "progress_every", 10, low=0, high=MAX_ITERATIONS),
-            preview_size=_int(h, "preview_size", 256, low=16, high=MAX_SIDE),
-        )
+    progress_every: Annotated[int, Wire(high=MAX_ITERATIONS)] = 10
+    preview_size: Annotated[int, Wire(low=16, high=MAX_SIDE)] = 256
 
 
 @dataclass(frozen=True)
-class _JobOnly:
-    """The frame of a message whose only field is the job id (`cancel`, `started`)."""
+class _JobOnly(_Message):
+    """A message whose only field is the job id (`cancel`, `started`)."""
 
-    TYPE: ClassVar[str]
-    job: str
-
-    def to_frame(self) -> tuple[dict[str, Any], bytes]:
-        return {"type": self.TYPE, "job": self.job}, b""
-
-    @classmethod
-    def from_frame(cls, h: dict[str, Any], blob: bytes) -> Self:
-        return cls(_job(h))
+    job: JobId
 
 
 @dataclass(frozen=True)
-class _NonceOnly:
-    """The frame of a message whose only field is a nonce (`ping`, `pong`)."""
+class _NonceOnly(_Message):
+    """A message whose only field is a nonce (`ping`, `pong`)."""
 
-    TYPE: ClassVar[str]
-    nonce: int = 0
-
-    def to_frame(self) -> tuple[dict[str, Any], bytes]:
-        return {"type": self.TYPE, "nonce": self.nonce}, b""
-
-    @classmethod
-    def from_frame(cls, h: dict[str, Any], blob: bytes) -> Self:
-        return cls(_int(h, "nonce", 0, low=-(2**63), high=2**63 - 1))
+    nonce: Annotated[int, Wire(low=-(2**63))] = 0
 
 
 @dataclass(frozen=True)
@@ -513,38 +437,22 @@ class Ping(_NonceOnly):
 
 
 @dataclass(frozen=True)
-class Shutdown:
+class Shutdown(_Message):
     """bot -> engine: cancel everything and exit 0."""
 
     TYPE: ClassVar[str] = "shutdown"
 
-    def to_frame(self) -> tuple[dict[str, Any], bytes]:
-        return {"type": self.TYPE}, b""
-
-    @classmethod
-    def from_frame(cls, h: dict[str, Any], blob: bytes) -> Shutdown:
-        return cls()
-
 
 @dataclass(frozen=True)
-class Ready:
+class Ready(_Message):
     """engine -> bot, once, after the models are loaded: what it runs on."""
 
     TYPE: ClassVar[str] = "ready"
     version: int
-    device: str
-    vqgan: str
-    clip: str
+    device: Annotated[str, Wire(absent="")]
+    vqgan: Annotated[str, Wire(absent="")]
+    clip: Annotated[str, Wire(absent="")]
     pid: int = 0
-
-    def to_frame(self) -> tuple[dict[str, Any], bytes]:
-        return {"type": self.TYPE, "version": self.version, "device": self.device,
-                "vqgan": self.vqgan, "clip": self.clip, "pid": self.pid}, b""
-
-    @classmethod
-    def from_frame(cls, h: dict[str, Any], blob: bytes) -> Ready:
-        return cls(_int(h, "version", low=0), _str(h, "device", ""), _str(h, "vqgan", ""),
-                   _str(h, "clip", ""), _int(h, "pid", 0))
 
 
 @dataclass(frozen=True)
@@ -555,52 +463,32 @@ class Started(_JobOnly):
 
 
 @dataclass(frozen=True)
-class Progress:
+class Progress(_Message):
     """engine -> bot: iteration `iteration` of `total` is done; `preview` is a small JPEG."""
 
     TYPE: ClassVar[str] = "progress"
-    job: str
+    job: JobId
     iteration: int
     total: int
-    loss: float
+    # A diverged run can have a NaN/inf loss, which JSON cannot carry: it travels as null
+    # and comes back as NaN, rather than costing the user their previews.
+    loss: Annotated[float, Wire(absent=math.nan, finite_or_null=True)]
     elapsed: float = 0.0
     preview: bytes = b""
 
-    def to_frame(self) -> tuple[dict[str, Any], bytes]:
-        # A diverged run can have a NaN/inf loss, which JSON cannot carry: it travels as
-        # null and comes back as NaN, rather than costing the user their previews.
-        loss = self.loss if math.isfinite(self.loss) else None
-        return {"type": self.TYPE, "job": self.job, "iteration": self.iteration,
-                "total": self.total, "loss": loss, "elapsed": self.elapsed}, self.preview
-
-    @classmethod
-    def from_frame(cls, h: dict[str, Any], blob: bytes) -> Progress:
-        return cls(_job(h), _int(h, "iteration"), _int(h, "total"), _float(h, "loss", math.nan),
-                   _float(h, "elapsed", 0.0), blob)
-
 
 @dataclass(frozen=True)
-class Done:
+class Done(_Message):
     """engine -> bot: the job finished; `png` is the image (with its metadata)."""
 
     TYPE: ClassVar[str] = "done"
-    job: str
+    job: JobId
     png: bytes
     seed: int
     seconds: float
     iterations: int = 0
     width: int = 0
     height: int = 0
-
-    def to_frame(self) -> tuple[dict[str, Any], bytes]:
-        return {"type": self.TYPE, "job": self.job, "seed": self.seed, "seconds": self.seconds,
-                "iterations": self.iterations, "width": self.width,
-                "height": self.height}, self.png
-
-    @classmethod
-    def from_frame(cls, h: dict[str, Any], blob: bytes) -> Done:
-        return cls(_job(h), blob, _int(h, "seed"), _float(h, "seconds"), _int(h, "iterations", 0),
-                   _int(h, "width", 0), _int(h, "height", 0))
 
 
 #: Values of `Failed.reason`, so the bot can react per kind without parsing messages.
@@ -615,37 +503,22 @@ FAIL_SHUTDOWN = "shutdown"    # set by the bot's client: closed while the job wa
 
 
 @dataclass(frozen=True)
-class Failed:
+class Failed(_Message):
     """engine -> bot: the job failed. `message` is fit to show the user as is."""
 
     TYPE: ClassVar[str] = "failed"
-    job: str
+    job: JobId
     message: str
     reason: str = FAIL_ENGINE
 
-    def to_frame(self) -> tuple[dict[str, Any], bytes]:
-        return {"type": self.TYPE, "job": self.job, "message": self.message,
-                "reason": self.reason}, b""
-
-    @classmethod
-    def from_frame(cls, h: dict[str, Any], blob: bytes) -> Failed:
-        return cls(_job(h), _str(h, "message"), _str(h, "reason", FAIL_ENGINE))
-
 
 @dataclass(frozen=True)
-class Cancelled:
+class Cancelled(_Message):
     """engine -> bot: the job was cancelled (or, `unknown`, was not there to cancel)."""
 
     TYPE: ClassVar[str] = "cancelled"
-    job: str
+    job: JobId
     unknown: bool = False
-
-    def to_frame(self) -> tuple[dict[str, Any], bytes]:
-        return {"type": self.TYPE, "job": self.job, "unknown": self.unknown}, b""
-
-    @classmethod
-    def from_frame(cls, h: dict[str, Any], blob: bytes) -> Cancelled:
-        return cls(_job(h), _bool(h, "unknown"))
 
 
 @dataclass(frozen=True)
@@ -656,26 +529,17 @@ class Pong(_NonceOnly):
 
 
 @dataclass(frozen=True)
-class Error:
+class Error(_Message):
     """engine -> bot: a frame the engine could not accept (malformed, oversized, unknown
-    type, duplicate job id, ...). `job` names the job when the header had one. `fatal`:
-    the stream could not be resynced and the worker is exiting."""
+    type, duplicate job id, ...). `job` names the job when the header had one (any string:
+    the engine echoes what it was sent). `fatal`: the stream could not be resynced and the
+    worker is exiting."""
 
     TYPE: ClassVar[str] = "error"
     message: str
-    job: str | None = None
-    fatal: bool = False
-
-    def to_frame(self) -> tuple[dict[str, Any], bytes]:
-        header: dict[str, Any] = {"type": self.TYPE, "message": self.message, "fatal": self.fatal}
-        if self.job is not None:
-            header["job"] = self.job
-        return header, b""
-
-    @classmethod
-    def from_frame(cls, h: dict[str, Any], blob: bytes) -> Error:
-        return cls(_str(h, "message"), _str(h, "job", None, max_chars=MAX_JOB_ID_CHARS),
-                   _bool(h, "fatal"))
+    # `fatal` comes before `job` on the wire; keyword-only so that Error(message, job) reads.
+    fatal: bool = field(default=False, kw_only=True)
+    job: Annotated[str | None, Wire(max_chars=MAX_JOB_ID_CHARS, omit_none=True)] = None
 
 
 Message = Union[Submit, Cancel, Ping, Shutdown, Ready, Started, Progress, Done, Failed,
@@ -685,22 +549,25 @@ JobEvent = Union[Started, Progress, Done, Failed, Cancelled]
 #: Events after which nothing more comes for that job.
 TERMINAL_EVENTS = (Done, Failed, Cancelled)
 
-MESSAGE_TYPES: dict[str, type] = {
+MESSAGE_TYPES: dict[str, type[_Message]] = {
     cls.TYPE: cls for cls in (Submit, Cancel, Ping, Shutdown, Ready, Started, Progress, Done,
                               Failed, Cancelled, Pong, Error)
 }
 TO_ENGINE = frozenset({"submit", "cancel", "ping", "shutdown"})
 TO_BOT = frozenset(MESSAGE_TYPES) - TO_ENGINE
 
+# Built now, so that a field no codec can carry fails the import rather than a job.
+for _cls in MESSAGE_TYPES.values():
+    _codec(_cls)
+del _cls
+
 
 def decode_message(frame: Frame) -> Message:
     """Frame -> typed message. ProtocolError (recoverable) for an unknown type or bad field."""
     cls = MESSAGE_TYPES.get(frame.type)
     if cls is None:
-        raise ProtocolError(f"unknown message type {frame.type!r}", job=_job_of(frame.header))
-    if frame.blob and cls not in (Submit, Progress, Done):
-        raise ProtocolError(f"`{frame.type}` carries no blob", job=_job_of(frame.header))
-    return cls.from_frame(frame.header, frame.blob)
+        raise ProtocolError(f"unknown message type {frame.type!r}", job=job_of(frame.header))
+    return cast(Message, cls.from_frame(frame.header, frame.blob))
 
 
 def encode_message(message: Message) -> bytes:
@@ -731,4 +598,3 @@ async def write_message_async(writer: asyncio.StreamWriter, message: Message) ->
     """Write one message to an asyncio stream and drain it."""
     writer.write(encode_message(message))
     await writer.drain()
-
