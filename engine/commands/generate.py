@@ -11,11 +11,13 @@ instant. Errors the user can fix (missing model files, bad prompts, unreadable i
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 from engine import registry
 from engine.errors import EngineError
+from engine.limits import check_seed
 
 DEFAULT_SIZE = 512
 TIMELAPSE_FORMATS = {".webp": "WEBP", ".gif": "GIF"}
@@ -44,16 +46,59 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    """A seed in the range every surface shares (engine.limits); argparse type."""
+    try:
+        return check_seed(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    except EngineError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, not {text!r}")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, not {text!r}")
+    return value
+
+
+def _non_negative_number(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive number, not {text!r}")
+    return value
+
+
+def _phrase(text: str) -> str:
+    """`--replace`: a blank phrase would match nothing, so it is refused rather than run."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "the phrase is empty; name the part of the image to change, e.g. --replace flowers")
+    return text
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, default=Path("output.png"), help="PNG to write (default output.png)")
     parser.add_argument("--size", type=parse_size, default=None,
                         help="WIDTHxHEIGHT or one number for a square, rounded down to the VQGAN's factor "
                              f"(default {DEFAULT_SIZE}; for edit, the image's aspect with the long side {DEFAULT_SIZE})")
     parser.add_argument("--iterations", type=_positive_int, default=400, help="optimisation steps (default 400)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default: a new one, printed)")
+    parser.add_argument("--seed", type=_seed, default=None,
+                        help="random seed, 0 to 2**53 (default: a new one, printed)")
     parser.add_argument("--cutn", type=_positive_int, default=32, help="cutouts per step (default 32)")
-    parser.add_argument("--cut-pow", type=float, default=1.0, help="cutout size power; >1 favours small crops (default 1)")
-    parser.add_argument("--lr", type=float, default=0.15, help="Adam learning rate (default 0.15)")
+    parser.add_argument("--cut-pow", type=_positive_number, default=1.0, help="cutout size power; >1 favours small crops (default 1)")
+    parser.add_argument("--lr", type=_positive_number, default=0.15, help="Adam learning rate (default 0.15)")
     parser.add_argument("--image-prompt", action="append", default=[], metavar="PATH[:WEIGHT]",
                         help="an image the result should resemble (negative weight: not resemble); repeatable")
     parser.add_argument("--vqgan", default=registry.DEFAULT_VQGAN,
@@ -90,11 +135,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     edit.add_argument("image", type=Path, help="the image to edit (PNG, JPEG, WEBP, GIF or BMP)")
     edit.add_argument("prompt", help="what the image should become, e.g. 'withered flowers'")
     target = edit.add_mutually_exclusive_group()
-    target.add_argument("--replace", default=None, metavar="PHRASE",
+    target.add_argument("--replace", type=_phrase, default=None, metavar="PHRASE",
                         help="change only where CLIP sees PHRASE (e.g. 'flowers')")
     target.add_argument("--mask", type=Path, default=None,
                         help="change only the white (or opaque) area of this mask image")
-    edit.add_argument("--keep-structure", type=float, default=0.5,
+    edit.add_argument("--keep-structure", type=_non_negative_number, default=0.5,
                       help="how strongly to stay close to the original (default 0.5; 0 = free)")
     _add_common(edit)
     edit.set_defaults(func=run_edit)
@@ -130,6 +175,14 @@ def _run(args: argparse.Namespace, init_path: Path | None) -> int:
     mask_image = None
     if getattr(args, "mask", None) is not None:
         mask_image = load_image(args.mask, what="mask", keep_alpha=True)
+    output: Path = args.output
+    if output.is_dir():
+        raise EngineError(f"the output {output} is a folder; name the PNG to write, e.g. "
+                          f"-o {output / 'image.png'}")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise EngineError(f"cannot create the folder for {output}: {error.strerror or error}") from None
     if args.size is not None:
         size = args.size
     elif init_image is not None:
@@ -155,8 +208,6 @@ def _run(args: argparse.Namespace, init_path: Path | None) -> int:
         progress_every=args.save_every or min(10, args.iterations),
         preview_size=max(size) if frames_wanted else 256,
     )
-    output: Path = args.output
-    output.parent.mkdir(parents=True, exist_ok=True)
     frames = []
 
     from tqdm import tqdm

@@ -110,6 +110,71 @@ def test_size_option(text: str, size: tuple[int, int]) -> None:
     assert parse_size(text) == size
 
 
+@pytest.fixture
+def models_must_not_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading models takes seconds and about a gigabyte: a bad argument must not cost that."""
+    import engine.models
+
+    def load_models(spec):
+        pytest.fail("the models were loaded before the arguments were checked")
+
+    monkeypatch.setattr(engine.models, "load_models", load_models)
+
+
+BAD_OPTIONS = [
+    (["--seed", str(2**53 + 1)], "--seed: the seed must be a whole number from 0 to 9,007,199,254,740,992"),
+    (["--seed", "-1"], "--seed: the seed must be a whole number from 0"),
+    (["--seed", "1.5"], "--seed: expected a whole number, not '1.5'"),
+    (["--lr", "0"], "--lr: expected a number above 0, not '0'"),
+    (["--lr", "nan"], "--lr: expected a finite number, not 'nan'"),
+    (["--lr", "fast"], "--lr: expected a number, not 'fast'"),
+    (["--cut-pow", "-1"], "--cut-pow: expected a number above 0, not '-1'"),
+    (["--cut-pow", "inf"], "--cut-pow: expected a finite number, not 'inf'"),
+]
+
+
+@pytest.mark.parametrize(("options", "message"), BAD_OPTIONS, ids=[" ".join(o) for o, _ in BAD_OPTIONS])
+def test_a_bad_option_is_a_usage_error_before_the_models_load(
+        options: list[str], message: str, tmp_path: Path, capsys, models_must_not_load) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["imagine", "a cat", "-o", str(tmp_path / "x.png"), *options])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+EDIT_BAD_OPTIONS = [
+    (["--keep-structure", "-0.5"], "--keep-structure: expected 0 or a positive number, not '-0.5'"),
+    (["--keep-structure", "nan"], "--keep-structure: expected a finite number, not 'nan'"),
+    (["--replace", " \t "], "--replace: the phrase is empty; name the part of the image to change"),
+]
+
+
+@pytest.mark.parametrize(("options", "message"), EDIT_BAD_OPTIONS,
+                         ids=[" ".join(o) for o, _ in EDIT_BAD_OPTIONS])
+def test_a_bad_edit_option_is_a_usage_error_before_the_models_load(
+        options: list[str], message: str, tmp_path: Path, capsys, models_must_not_load) -> None:
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8)).save(photo)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["edit", str(photo), "a cat", "-o", str(tmp_path / "x.png"), *options])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_output_that_is_a_folder_exits_1_before_the_models_load(
+        tmp_path: Path, capsys, models_must_not_load) -> None:
+    assert main(["imagine", "a cat", "-o", str(tmp_path)]) == 1
+    assert f"the output {tmp_path} is a folder" in capsys.readouterr().err
+
+
+def test_the_largest_seed_is_accepted(tiny_models, tmp_path: Path) -> None:
+    """2**53 is the largest seed the bot can ask for; the CLI takes the same range."""
+    out = tmp_path / "x.png"
+    assert main(["imagine", "a cat", "-o", str(out), "--size", "16", "--iterations", "1",
+                 "--seed", str(2**53), *_tiny_args(tiny_models)]) == 0
+    assert png_metadata(out.read_bytes())["seed"] == str(2**53)
+
+
 def test_bad_size_is_a_usage_error(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["imagine", "a cat", "--size", "big"])
