@@ -31,7 +31,9 @@ weight 1 (and a time with seconds, ``12:30:45``, needs the same: ``12:30:45:1``)
 list `parse_prompt` returns.
 
 Weights must be finite, non-zero and within ``[-MAX_WEIGHT, MAX_WEIGHT]``, and the weights
-of a prompt must not add up to zero (nothing would pull the image anywhere).
+of a prompt must add up to at least ``MIN_TOTAL_WEIGHT`` either side of zero: a total near
+zero leaves the prompts' pull negligible next to the penalty that keeps the latent small
+(weight 0.1), so the penalty, not the prompt, would shape the image.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ from engine.errors import PromptError
 MAX_PARTS = 8
 MAX_CHARS = 500
 MAX_WEIGHT = 100.0
+#: The smallest size the sum of a prompt's weights may have (see the module doc).
+MIN_TOTAL_WEIGHT = 0.01
 
 _SEPARATORS = re.compile(r"[+|]")
 # A plain decimal number, or the non-finite spellings float() accepts (so they can be refused).
@@ -150,9 +154,15 @@ def parse_prompt(
         )
     parts = [_parse_part(raw, index, max_weight) for index, raw in enumerate(raw_parts, start=1)]
     total = math.fsum(p.weight for p in parts)
-    if abs(total) < 1e-9:
+    if abs(total) < MIN_TOTAL_WEIGHT:
+        # Weights that cancel (1 and -1; or 0.1, 0.2 and -0.3, which leave a rounding error)
+        # are told apart from weights that are all tiny (castle:1e-12).
+        cancel = abs(total) <= 1e-9 * math.fsum(abs(p.weight) for p in parts)
+        sum_is = "add up to 0 (they cancel out)" if cancel else f"add up to only {total:.3g}"
         raise PromptError(
-            "the weights of the prompt add up to 0, so nothing guides the image; make at least one weight larger"
+            f"the weights of the prompt {sum_is}, too little to guide the image; the total must be "
+            f"at least {MIN_TOTAL_WEIGHT:g} (or -{MIN_TOTAL_WEIGHT:g} or less, to steer away); "
+            "make a weight larger"
         )
     return parts
 

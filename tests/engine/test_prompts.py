@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from engine.errors import PromptError
@@ -66,7 +68,10 @@ REJECTED = [
     ("a cat:0", "no effect"),
     ("a cat:1000", "between -100 and 100"),
     ("www.example.com:8080", "explicit weight"),
-    ("a:1 + b:-1", "add up to 0"),
+    ("a:1 + b:-1", "add up to 0 (they cancel out), too little to guide the image"),
+    ("castle:1e-12", "add up to only 1e-12, too little to guide the image; the total must be "
+                     "at least 0.01 (or -0.01 or less, to steer away)"),
+    ("a:0.5 + b:-0.495", "add up to only 0.005"),
     ("+".join(["x"] * 9), "9 parts; the limit is 8"),
     ("x" * 501, "501 characters long; the limit is 500"),
 ]
@@ -74,7 +79,7 @@ REJECTED = [
 
 @pytest.mark.parametrize(("prompt", "message"), REJECTED, ids=[c[0][:20] for c in REJECTED])
 def test_parse_prompt_rejects_with_clear_message(prompt: str, message: str) -> None:
-    with pytest.raises(PromptError, match=message.replace("+", r"\+").replace("(", r"\(")):
+    with pytest.raises(PromptError, match=re.escape(message)):
         parse_prompt(prompt)
 
 
