@@ -44,6 +44,7 @@ from engine import __version__
 from engine.cutouts import MakeCutouts
 from engine.errors import Cancelled, InputImageError, OutOfMemoryError, PromptError
 from engine.images import fit_to_size, png_bytes
+from engine.limits import out_of_memory_advice
 from engine.masking import Mask, clip_mask, mask_from_image
 from engine.prompts import ImagePrompt, TextPrompt, format_prompts
 
@@ -54,7 +55,6 @@ __all__ = [
     "Progress",
     "ClampWithGrad",
     "round_size",
-    "smaller_size",
     "spherical_dist_loss",
 ]
 
@@ -137,12 +137,6 @@ def round_size(size: tuple[int, int], factor: int) -> tuple[int, int]:
     """(width, height) rounded down to multiples of `factor`, never below one token."""
     width, height = (max(factor, int(v) // factor * factor) for v in size)
     return width, height
-
-
-def smaller_size(size: tuple[int, int], factor: int) -> tuple[int, int]:
-    """A size with about 40% of the pixels, to suggest after running out of memory."""
-    scale = math.sqrt(0.4)
-    return round_size((int(size[0] * scale), int(size[1] * scale)), factor)
 
 
 def _to_tensor(image: Image.Image, device: torch.device) -> Tensor:
@@ -250,10 +244,7 @@ class Generator:
         if self.cuda:
             torch.cuda.empty_cache()
         assert out_of_memory
-        small = smaller_size(size, factor)
-        raise OutOfMemoryError(
-            f"out of GPU memory at {size[0]}x{size[1]}; try {small[0]}x{small[1]} or smaller"
-        )
+        raise OutOfMemoryError(out_of_memory_advice(size, factor))
 
     # -- the loop ----------------------------------------------------------------------
     def _synth(self, z: Tensor) -> Tensor:

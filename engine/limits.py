@@ -2,10 +2,13 @@
 
 Stdlib only: the bot imports this module (it never imports torch), so a limit it checks
 before queueing is the very number the engine checks again, and a request the bot accepts
-is never refused later by the engine.
+is never refused later by the engine. The advice after running out of memory lives here
+too, so that every path that meets it (generator, worker) suggests the same size.
 """
 
 from __future__ import annotations
+
+import math
 
 from engine.errors import EngineError
 
@@ -24,3 +27,24 @@ def check_seed(seed: int) -> int:
     if not MIN_SEED <= seed <= MAX_SEED:
         raise EngineError(f"the seed must be a whole number from {MIN_SEED} to {MAX_SEED:,}, not {seed}")
     return seed
+
+
+#: After running out of memory, a size with about this share of the pixels is suggested:
+#: memory grows with the pixel count, and a step this large usually fits at once.
+OUT_OF_MEMORY_PIXEL_SHARE = 0.4
+
+
+def smaller_size(size: tuple[int, int], factor: int = 16) -> tuple[int, int]:
+    """A (width, height) with about OUT_OF_MEMORY_PIXEL_SHARE of the pixels of `size`, each
+    side rounded down to a multiple of the VQGAN `factor` and at least one token."""
+    scale = math.sqrt(OUT_OF_MEMORY_PIXEL_SHARE)
+    width, height = (max(factor, int(side * scale) // factor * factor) for side in size)
+    return width, height
+
+
+def out_of_memory_advice(size: tuple[int, int], factor: int = 16, memory: str = "GPU") -> str:
+    """What to tell a user whose image at `size` did not fit in `memory` ("GPU", "host")."""
+    width, height = size
+    small_width, small_height = smaller_size(size, factor)
+    return (f"out of {memory} memory at {width}x{height}; try {small_width}x{small_height} "
+            "or smaller, or fewer cutouts")

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from engine import protocol as p
 from engine.errors import Cancelled, EngineError, InputImageError, OutOfMemoryError, PromptError
+from engine.limits import out_of_memory_advice
 
 if TYPE_CHECKING:
     from engine.models import ModelSpec, Models
@@ -145,8 +146,8 @@ class Worker:
             outcome = p.Failed(job.job, str(error), reason)
         except MemoryError:  # host RAM rather than the device's
             log.error("job %s: out of host memory\n%s", job.job, traceback.format_exc())
-            outcome = p.Failed(job.job, f"the engine ran out of memory at {job.width}x"
-                               f"{job.height}; try a smaller size or fewer cutouts",
+            outcome = p.Failed(job.job, out_of_memory_advice((job.width, job.height),
+                                                             memory="host"),
                                p.FAIL_OUT_OF_MEMORY)
         except Exception as error:  # a bug: fail this job only, keep serving
             log.error("job %s: internal error\n%s", job.job, traceback.format_exc())
@@ -271,14 +272,6 @@ def serve_stdio(load_runner: Callable[[], JobRunner]) -> int:
 # ---- the real runner -------------------------------------------------------------------
 
 
-def _smaller_size(width: int, height: int, factor: int = 16) -> tuple[int, int]:
-    """A size worth suggesting after running out of memory: 80% of each side (about 64% of
-    the memory, which scales with pixels), rounded down to the VQGAN factor."""
-    def side(v: int) -> int:
-        return max(factor, int(v * 0.8) // factor * factor)
-    return side(width), side(height)
-
-
 class GeneratorJobRunner:
     """Runs jobs with `engine.generate.Generator` on loaded models."""
 
@@ -322,10 +315,8 @@ class GeneratorJobRunner:
             result = self.generator.run(request, on_progress=report, should_cancel=should_cancel)
         except torch.OutOfMemoryError:
             # The generator normally converts this itself; this is the safety net.
-            w, h = _smaller_size(job.width, job.height)
-            raise OutOfMemoryError(
-                f"out of {self.device} memory at {job.width}x{job.height}; try {w}x{h} or "
-                "smaller, or fewer cutouts") from None
+            raise OutOfMemoryError(out_of_memory_advice(
+                (job.width, job.height), int(self.models.vqgan.factor))) from None
         return p.Done(job.job, result.png, int(result.seed), float(result.seconds),
                       int(result.iterations), result.image.width, result.image.height)
 

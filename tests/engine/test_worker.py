@@ -22,6 +22,7 @@ from PIL import Image
 
 from engine import protocol as p
 from engine.errors import Cancelled, ModelFileError, OutOfMemoryError, PromptError
+from engine.limits import out_of_memory_advice
 from engine.worker import FakeJobRunner, Worker, run_worker
 
 TIMEOUT = 10.0
@@ -260,11 +261,34 @@ def test_an_unexpected_exception_fails_only_that_job(worker):
     assert events[-1].job == "fine"
 
 
-def test_running_out_of_host_memory_fails_the_job_with_the_size(worker):
+def test_running_out_of_host_memory_fails_the_job_with_the_size_and_a_smaller_one(worker):
     worker.send(submit("ram", "hostoom", width=2048, height=1024))
     failed = worker.recv_until(lambda m: isinstance(m, p.Failed))[-1]
-    assert failed.reason == p.FAIL_OUT_OF_MEMORY and "2048x1024" in failed.message
+    assert failed == p.Failed("ram", out_of_memory_advice((2048, 1024), memory="host"),
+                              p.FAIL_OUT_OF_MEMORY)
     worker.assert_alive()
+
+
+def test_the_runner_s_out_of_memory_safety_net_gives_the_generator_s_advice(tiny_models,
+                                                                           monkeypatch):
+    """The generator turns running out of GPU memory into advice itself; what slips past it
+    must read the same, not suggest another size."""
+    import torch
+
+    from engine.models import ModelSpec
+    from engine.worker import load_generator_runner
+
+    runner = load_generator_runner(ModelSpec(vqgan=tiny_models.vqgan_name, clip=tiny_models.clip_name,
+                                             model_dir=tiny_models.directory, device="cpu"))
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(runner.generator, "run", out_of_memory)
+    with pytest.raises(OutOfMemoryError) as error:
+        runner.run(submit("big", width=1024, height=1024), lambda progress: None, lambda: False)
+    factor = int(runner.models.vqgan.factor)
+    assert str(error.value) == out_of_memory_advice((1024, 1024), factor)
 
 
 def test_an_engine_error_keeps_its_message_and_kind(worker):
