@@ -17,16 +17,28 @@ from pathlib import Path
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from engine.errors import InputImageError
+from engine.limits import DEFAULT_MAX_IMAGE_BYTES
 
-DEFAULT_MAX_BYTES = 8 * 1024 * 1024
+#: The bot, the worker (`--max-image-bytes`) and the CLI share this one default.
+DEFAULT_MAX_BYTES = DEFAULT_MAX_IMAGE_BYTES
 DEFAULT_MAX_PIXELS = 36_000_000  # e.g. 6000x6000; about 108 MB once decoded to RGB
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 _FORMAT_NAMES = "PNG, JPEG, WEBP, GIF or BMP"
 
 
-def _megabytes(size: int) -> str:
-    value = size / (1024 * 1024)
-    return f"{value:.0f} MB" if value >= 10 else f"{value:.1f} MB".replace(".0 MB", " MB")
+def _file_size(size: int) -> str:
+    for unit, scale in (("MB", 1024 * 1024), ("KB", 1024)):
+        if size >= scale:
+            value = size / scale
+            return f"{value:.0f} {unit}" if value >= 10 else f"{value:.1f} {unit}".replace(".0 ", " ")
+    return f"{size} bytes"
+
+
+def _too_big(what: str, size: int, max_bytes: int) -> InputImageError:
+    shown, limit = _file_size(size), _file_size(max_bytes)
+    if shown == limit:  # just over: rounding would make them look equal
+        shown, limit = f"{size:,} bytes", f"{limit} ({max_bytes:,} bytes)"
+    return InputImageError(f"the {what} is {shown}; the limit is {limit}")
 
 
 def load_image(
@@ -52,13 +64,13 @@ def load_image(
         if not path.is_file():
             raise InputImageError(f"the {what} {path} is not a file")
         if size > max_bytes:
-            raise InputImageError(f"the {what} is {_megabytes(size)}; the limit is {_megabytes(max_bytes)}")
+            raise _too_big(what, size, max_bytes)
         data = path.read_bytes()
     elif not isinstance(data, (bytes, bytearray, memoryview)):
         raise InputImageError(f"the {what} must be bytes or a file path")
     data = bytes(data)
     if len(data) > max_bytes:
-        raise InputImageError(f"the {what} is {_megabytes(len(data))}; the limit is {_megabytes(max_bytes)}")
+        raise _too_big(what, len(data), max_bytes)
     if not data:
         raise InputImageError(f"the {what} is empty")
 

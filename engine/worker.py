@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from engine import protocol as p
 from engine.errors import Cancelled, EngineError, InputImageError, OutOfMemoryError, PromptError
-from engine.limits import out_of_memory_advice
+from engine.limits import DEFAULT_MAX_IMAGE_BYTES, out_of_memory_advice
 
 if TYPE_CHECKING:
     from engine.models import ModelSpec, Models
@@ -273,12 +273,14 @@ def serve_stdio(load_runner: Callable[[], JobRunner]) -> int:
 
 
 class GeneratorJobRunner:
-    """Runs jobs with `engine.generate.Generator` on loaded models."""
+    """Runs jobs with `engine.generate.Generator` on loaded models. Input images (init
+    image, image prompts, mask) larger than `max_image_bytes` fail the job."""
 
-    def __init__(self, models: Models) -> None:
+    def __init__(self, models: Models, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> None:
         from engine.generate import Generator
 
         self.models = models
+        self.max_image_bytes = max_image_bytes
         self.generator = Generator(models)
         self.device = str(models.device)
         self.vqgan = models.vqgan_name
@@ -292,16 +294,19 @@ class GeneratorJobRunner:
         from engine.images import jpeg_thumbnail, load_image
         from engine.prompts import ImagePrompt, TextPrompt
 
+        limit = self.max_image_bytes
         request = GenerationRequest(
             prompts=[TextPrompt(text=x.text, weight=x.weight) for x in job.prompts],
-            image_prompts=[ImagePrompt(image=load_image(x.data, what=f"image prompt {i + 1}"),
+            image_prompts=[ImagePrompt(image=load_image(x.data, what=f"image prompt {i + 1}",
+                                                        max_bytes=limit),
                                        weight=x.weight)
                            for i, x in enumerate(job.image_prompts)],
-            init_image=(load_image(job.init_image, what="image to edit")
+            init_image=(load_image(job.init_image, what="image to edit", max_bytes=limit)
                         if job.init_image is not None else None),
             size=(job.width, job.height), iterations=job.iterations, seed=job.seed,
             cutn=job.cutn, replace=job.replace,
-            mask_image=(load_image(job.mask_image, what="mask image", keep_alpha=True)
+            mask_image=(load_image(job.mask_image, what="mask image", keep_alpha=True,
+                                   max_bytes=limit)
                         if job.mask_image is not None else None),
             progress_every=job.progress_every,
         )
@@ -330,14 +335,15 @@ class GeneratorJobRunner:
             torch.cuda.empty_cache()
 
 
-def load_generator_runner(spec: ModelSpec) -> GeneratorJobRunner:
+def load_generator_runner(spec: ModelSpec,
+                          max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> GeneratorJobRunner:
     """Load the models named by `spec` (seconds to minutes) and wrap them in a runner."""
     from engine.models import load_models
 
     started = time.monotonic()
     models = load_models(spec)
     log.info("models loaded on %s in %.1f s", models.device, time.monotonic() - started)
-    return GeneratorJobRunner(models)
+    return GeneratorJobRunner(models, max_image_bytes)
 
 
 # ---- a fake runner for tests of the bot (no torch, no models) ---------------------------

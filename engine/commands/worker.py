@@ -10,7 +10,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from engine.framing import MAX_BLOB_SIZE
+from engine.limits import DEFAULT_MAX_IMAGE_BYTES
 from engine.registry import DEFAULT_CLIP, DEFAULT_VQGAN, default_model_dir
+
+
+def _image_bytes(text: str) -> int:
+    """`--max-image-bytes`; argparse type. Above MAX_BLOB_SIZE no image could arrive anyway."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_BLOB_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of bytes from 1 to {MAX_BLOB_SIZE} (the largest frame "
+            f"blob), not {text!r}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +51,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="folder for model files (default: $MODEL_DIR, else ./models)")
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
                         help="where to compute (default: auto = cuda if available)")
-    # For tests of the bot: no torch, no models, solid-colour images after a short sleep.
+    parser.add_argument("--max-image-bytes", type=_image_bytes, default=DEFAULT_MAX_IMAGE_BYTES,
+                        metavar="N",
+                        help="largest input image (init image, image prompt, mask) in bytes; "
+                             f"a job with a larger one fails (default: {DEFAULT_MAX_IMAGE_BYTES}, "
+                             "8 MiB)")
+    # For tests of the bot: no torch, no models, solid-colour images after a short sleep
+    # (it does not decode images, so --max-image-bytes does not apply to it).
     parser.add_argument("--fake", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--fake-seconds-per-iteration", type=float, default=0.01,
                         help=argparse.SUPPRESS)
@@ -59,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device, vqgan_config=args.vqgan_config,
             vqgan_checkpoint=args.vqgan_checkpoint,
         )
-        return load_generator_runner(spec)
+        return load_generator_runner(spec, args.max_image_bytes)
 
     return serve_stdio(load)
 

@@ -43,6 +43,26 @@ def test_oversized_bytes_refused_for_in_memory_data() -> None:
         load_image(b"x" * (1024 * 1024 + 1), max_bytes=1024 * 1024)
 
 
+def test_an_image_just_over_the_limit_is_told_in_bytes_not_as_equal_sizes() -> None:
+    with pytest.raises(InputImageError) as error:
+        load_image(b"x" * (1024 * 1024 + 1), what="mask", max_bytes=1024 * 1024)
+    assert str(error.value) == "the mask is 1,048,577 bytes; the limit is 1 MB (1,048,576 bytes)"
+
+
+def test_a_small_limit_is_told_in_kilobytes_or_bytes() -> None:
+    with pytest.raises(InputImageError) as error:
+        load_image(b"x" * 2048, what="mask", max_bytes=1000)
+    assert str(error.value) == "the mask is 2 KB; the limit is 1000 bytes"
+
+
+def test_the_default_limit_is_the_one_the_bot_and_worker_share() -> None:
+    from engine import images, limits
+
+    assert images.DEFAULT_MAX_BYTES == limits.DEFAULT_MAX_IMAGE_BYTES
+    with pytest.raises(InputImageError, match="the limit is 8 MB"):
+        load_image(b"x" * (limits.DEFAULT_MAX_IMAGE_BYTES + 2048))
+
+
 def test_decompression_bomb_refused_from_header_before_decoding() -> None:
     bomb = _png_claiming_size(12_000, 12_000)
     assert len(bomb) < 200

@@ -269,17 +269,24 @@ def test_running_out_of_host_memory_fails_the_job_with_the_size_and_a_smaller_on
     worker.assert_alive()
 
 
-def test_the_runner_s_out_of_memory_safety_net_gives_the_generator_s_advice(tiny_models,
+@pytest.fixture(scope="module")
+def tiny_loaded(tiny_models):
+    """The tiny models loaded once, for tests of the real runner inside this process."""
+    from engine.models import ModelSpec, load_models
+
+    return load_models(ModelSpec(vqgan=tiny_models.vqgan_name, clip=tiny_models.clip_name,
+                                 model_dir=tiny_models.directory, device="cpu"))
+
+
+def test_the_runner_s_out_of_memory_safety_net_gives_the_generator_s_advice(tiny_loaded,
                                                                            monkeypatch):
     """The generator turns running out of GPU memory into advice itself; what slips past it
     must read the same, not suggest another size."""
     import torch
 
-    from engine.models import ModelSpec
-    from engine.worker import load_generator_runner
+    from engine.worker import GeneratorJobRunner
 
-    runner = load_generator_runner(ModelSpec(vqgan=tiny_models.vqgan_name, clip=tiny_models.clip_name,
-                                             model_dir=tiny_models.directory, device="cpu"))
+    runner = GeneratorJobRunner(tiny_loaded)
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
@@ -492,3 +499,65 @@ def test_real_engine_on_tiny_models_streams_jpeg_progress_and_a_png_of_the_size(
     assert done.seed == 3 and done.iterations == 4
     image = Image.open(io.BytesIO(done.png))
     assert image.format == "PNG" and image.size == (48, 32)
+
+
+def noise_png(width: int, height: int) -> bytes:
+    """An uncompressed PNG of noise: its file size is about width * height * 3 bytes."""
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (width, height), os.urandom(width * height * 3)).save(
+        buffer, "PNG", compress_level=0)
+    return buffer.getvalue()
+
+
+def test_a_worker_started_with_a_smaller_image_limit_fails_a_job_with_a_bigger_image(tiny_models):
+    process = Process([*WORKER, "--vqgan", tiny_models.vqgan_name, "--clip",
+                       tiny_models.clip_name, "--model-dir", str(tiny_models.directory),
+                       "--device", "cpu", "--max-image-bytes", "1000"])
+    image = noise_png(32, 32)
+    process.send(p.encode_message(submit("edit", width=32, height=32, iterations=1,
+                                         init_image=image)))
+    failed = process.recv_until(lambda m: isinstance(m, (p.Done, p.Failed, p.Error)), 120)[-1]
+    assert process.finish() == 0
+    assert failed == p.Failed("edit", f"the image to edit is {len(image) / 1024:.1f} KB; the limit "
+                              "is 1000 bytes", p.FAIL_INPUT_IMAGE)
+
+
+def test_a_runner_with_a_larger_image_limit_runs_an_image_over_the_default(tiny_loaded):
+    from engine.limits import DEFAULT_MAX_IMAGE_BYTES
+    from engine.worker import GeneratorJobRunner
+
+    image = noise_png(1700, 1700)
+    assert len(image) > DEFAULT_MAX_IMAGE_BYTES
+    job = submit("big", width=32, height=32, iterations=1, cutn=2,
+                 image_prompts=(p.ImagePromptSpec(image),))
+    runner = GeneratorJobRunner(tiny_loaded, max_image_bytes=2 * DEFAULT_MAX_IMAGE_BYTES)
+    done = runner.run(job, lambda progress: None, lambda: False)
+    assert (done.job, done.width, done.height) == ("big", 32, 32)
+
+
+def test_a_runner_refuses_an_image_over_its_limit_naming_it(tiny_loaded):
+    from engine.errors import InputImageError
+    from engine.worker import GeneratorJobRunner
+
+    job = submit("masked", width=32, height=32, init_image=noise_png(8, 8),
+                 mask_image=noise_png(32, 32))
+    runner = GeneratorJobRunner(tiny_loaded, max_image_bytes=2048)
+    with pytest.raises(InputImageError, match=r"^the mask image is 3\.\d KB; the limit is 2 KB$"):
+        runner.run(job, lambda progress: None, lambda: False)
+
+
+def test_the_worker_s_image_limit_defaults_to_the_shared_one():
+    from engine.cli import build_parser
+    from engine.limits import DEFAULT_MAX_IMAGE_BYTES
+
+    assert build_parser().parse_args(["worker"]).max_image_bytes == DEFAULT_MAX_IMAGE_BYTES
+
+
+@pytest.mark.parametrize("value", ["0", "lots", str(p.MAX_BLOB_SIZE + 1)])
+def test_a_bad_image_limit_is_a_usage_error(value, capsys):
+    from engine.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["worker", "--max-image-bytes", value])
+    assert exit_info.value.code == 2
+    assert "--max-image-bytes: expected a whole number of bytes from 1 to" in capsys.readouterr().err
