@@ -308,7 +308,8 @@ class GeneratorJobRunner:
             mask_image=(load_image(job.mask_image, what="mask image", keep_alpha=True,
                                    max_bytes=limit)
                         if job.mask_image is not None else None),
-            progress_every=job.progress_every,
+            # 0 = no progress events; the generator reports at least at the end.
+            progress_every=job.progress_every or job.iterations,
         )
 
         def report(progress) -> None:
@@ -317,7 +318,8 @@ class GeneratorJobRunner:
                                    jpeg_thumbnail(progress.preview, job.preview_size)))
 
         try:
-            result = self.generator.run(request, on_progress=report, should_cancel=should_cancel)
+            result = self.generator.run(request, on_progress=report if job.progress_every else None,
+                                        should_cancel=should_cancel)
         except torch.OutOfMemoryError:
             # The generator normally converts this itself; this is the safety net.
             raise OutOfMemoryError(out_of_memory_advice(

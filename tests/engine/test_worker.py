@@ -561,3 +561,13 @@ def test_a_bad_image_limit_is_a_usage_error(value, capsys):
         build_parser().parse_args(["worker", "--max-image-bytes", value])
     assert exit_info.value.code == 2
     assert "--max-image-bytes: expected a whole number of bytes from 1 to" in capsys.readouterr().err
+
+
+def test_a_job_asking_for_no_progress_runs_and_reports_none(tiny_loaded):
+    """`progress_every` 0 means no progress events (protocol); the generator wants at least 1."""
+    from engine.worker import GeneratorJobRunner
+
+    reported = []
+    job = submit("quiet", width=32, height=32, iterations=2, cutn=2, progress_every=0)
+    done = GeneratorJobRunner(tiny_loaded).run(job, reported.append, lambda: False)
+    assert done.iterations == 2 and reported == []
