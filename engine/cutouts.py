@@ -20,11 +20,13 @@ the same generator state gives the same cutouts, and the global RNG is left as i
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 
-def _kornia_augmentations() -> nn.Module:
+def _kornia_augmentations() -> nn.Sequential:
     import kornia.augmentation as K
 
     # The paper's set, with the notebook's strengths.
@@ -60,7 +62,7 @@ class MakeCutouts(nn.Module):
         self.cutn = int(cutn)
         self.cut_pow = float(cut_pow)
         self.noise_fac = float(noise_fac)
-        self.augs: nn.Module | None = _kornia_augmentations() if augment else None
+        self.augs: nn.Sequential | None = _kornia_augmentations() if augment else None
 
     def boxes(
         self,
@@ -90,7 +92,8 @@ class MakeCutouts(nn.Module):
         if self.augs is None or getattr(self, "_rng_device", None) == device:
             return
         for module in self.augs:
-            module.set_rng_device_and_dtype(device, torch.float32)
+            augmentation: Any = module  # a kornia augmentation (kornia is untyped)
+            augmentation.set_rng_device_and_dtype(device, torch.float32)
         self._rng_device = device
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:

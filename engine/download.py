@@ -325,9 +325,10 @@ def _verify(model_file: ModelFile, part: Path, final: Path, digest: str | None,
 
 
 def _is_tty(stream: object) -> bool:
+    isatty = getattr(stream, "isatty", None)
     try:
-        return bool(stream.isatty())  # type: ignore[attr-defined]
-    except (AttributeError, ValueError):
+        return callable(isatty) and bool(isatty())
+    except ValueError:  # a closed stream
         return False
 
 

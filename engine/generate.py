@@ -113,13 +113,13 @@ class ClampWithGrad(torch.autograd.Function):
     instead of going dead as with a plain clamp."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, low: float, high: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, low: float, high: float) -> Tensor:
         ctx.low, ctx.high = low, high
         ctx.save_for_backward(x)
         return x.clamp(low, high)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx, grad: Tensor):
         (x,) = ctx.saved_tensors
         keep = grad * (x - x.clamp(ctx.low, ctx.high)) >= 0
         return grad * keep, None, None
@@ -163,12 +163,12 @@ def _preview(x: Tensor, max_side: int) -> Image.Image:
 def _validate(request: GenerationRequest) -> None:
     if not request.prompts and not request.image_prompts:
         raise PromptError("give at least one text prompt or image prompt")
-    for prompt in request.prompts:
-        if not isinstance(prompt, TextPrompt) or not prompt.text.strip():
+    for text_prompt in request.prompts:
+        if not isinstance(text_prompt, TextPrompt) or not text_prompt.text.strip():
             raise PromptError("every text prompt needs text")
-    for prompt in [*request.prompts, *request.image_prompts]:
-        if not math.isfinite(prompt.weight):
-            raise PromptError("prompt weights must be finite numbers")
+    weights = [p.weight for p in request.prompts] + [p.weight for p in request.image_prompts]
+    if not all(math.isfinite(weight) for weight in weights):
+        raise PromptError("prompt weights must be finite numbers")
     try:
         size_ok = len(request.size) == 2 and all(int(v) >= 1 for v in request.size)
     except (TypeError, ValueError):
@@ -195,8 +195,8 @@ def _validate(request: GenerationRequest) -> None:
     for name, image in (("init image", request.init_image), ("mask", request.mask_image)):
         if image is not None and not isinstance(image, Image.Image):
             raise InputImageError(f"the {name} is not an image; load it with engine.images.load_image")
-    for prompt in request.image_prompts:
-        if not isinstance(prompt.image, Image.Image):
+    for image_prompt in request.image_prompts:
+        if not isinstance(image_prompt.image, Image.Image):
             raise InputImageError("an image prompt is not an image; load it with engine.images.load_image")
 
 
@@ -232,7 +232,7 @@ class Generator:
         """
         _validate(request)
         factor = int(self.models.vqgan.factor)
-        size = round_size(tuple(request.size), factor)
+        size = round_size((request.size[0], request.size[1]), factor)
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
         out_of_memory = False
         try:
@@ -278,11 +278,11 @@ class Generator:
         cutouts = MakeCutouts(perceptor.input_resolution, request.cutn, request.cut_pow)
 
         # Targets: one CLIP batch for all texts; image prompts through the same cutouts.
-        text_embeds = text_weights = None
+        text_targets: tuple[Tensor, Tensor] | None = None  # (embeddings, weights)
         if request.prompts:
             with torch.no_grad(), self._autocast():
                 text_embeds = F.normalize(perceptor.encode_text([p.text for p in request.prompts]).float(), dim=-1)
-            text_weights = torch.tensor([p.weight for p in request.prompts], device=device)
+            text_targets = (text_embeds, torch.tensor([p.weight for p in request.prompts], device=device))
         image_targets: list[tuple[Tensor, float]] = []
         for prompt in request.image_prompts:
             with torch.no_grad():
@@ -306,12 +306,17 @@ class Generator:
             if z0 is not None:
                 z_min, z_max = torch.minimum(z_min, z0), torch.maximum(z_max, z0)
             if request.replace is not None:
+                assert source is not None, "a masked edit has an image to edit (_validate)"
                 with self._autocast():
                     mask = clip_mask(perceptor, source, request.replace, factor)
             elif request.mask_image is not None:
                 mask = mask_from_image(request.mask_image, size, factor, device)
         z.requires_grad_(True)
+        # Masked edits: the result is `inside * decoded + outside`, the source kept outside.
+        blend: tuple[Tensor, Tensor] | None = None
         if mask is not None:
+            assert source is not None, "a masked edit has an image to edit (_validate)"
+            blend = (mask.image, (1 - mask.image) * source)
             latent_mask = mask.latent.to(z.dtype)
             z.register_hook(lambda grad: grad * latent_mask)
         optimizer = torch.optim.Adam([z], lr=request.lr, betas=(0.9, 0.999))
@@ -323,11 +328,12 @@ class Generator:
                 raise Cancelled()
             optimizer.zero_grad(set_to_none=True)
             out = self._synth(z)
-            if mask is not None:
-                out = mask.image * out + (1 - mask.image) * source
+            if blend is not None:
+                out = blend[0] * out + blend[1]
             embeds = self._embed(cutouts(out, generator))
             loss = torch.zeros((), device=device)
-            if text_embeds is not None:
+            if text_targets is not None:
+                text_embeds, text_weights = text_targets
                 dists = spherical_dist_loss(embeds[:, None], text_embeds[None])  # (cutn, P)
                 loss = loss + (dists.mean(dim=0) * text_weights).sum()
             for target, weight in image_targets:
@@ -350,8 +356,8 @@ class Generator:
 
         with torch.no_grad():
             final = self._synth(z)
-            if mask is not None:
-                final = mask.image * final + (1 - mask.image) * source
+            if blend is not None:
+                final = blend[0] * final + blend[1]
         image = _to_pil(final)
         seconds = time.monotonic() - start
         metadata = self._metadata(request, size, seed, mask)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
+from typing import cast
 
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
@@ -99,10 +100,10 @@ def load_image(
             if getattr(image, "n_frames", 1) > 1:
                 image.seek(0)
             image.load()
-            image = ImageOps.exif_transpose(image) or image
-            if keep_alpha and _has_alpha(image):
-                return image.convert("RGBA")
-            return _to_rgb(image)
+            upright = ImageOps.exif_transpose(image) or image
+            if keep_alpha and _has_alpha(upright):
+                return upright.convert("RGBA")
+            return _to_rgb(upright)
         except Image.DecompressionBombError:
             raise InputImageError(f"the {what} has too many pixels") from None
         except (OSError, ValueError, SyntaxError, EOFError) as error:
@@ -119,7 +120,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     """RGB with any transparency composited onto white (transparent areas read as paper)."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         # 16-bit or float greyscale: scale to 8 bits rather than clipping at 255.
-        lo, hi = image.getextrema()
+        lo, hi = cast(tuple[float, float], image.getextrema())  # one band: (min, max)
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
         image = image.point(lambda v: (v - lo) * scale).convert("L")
     if _has_alpha(image):

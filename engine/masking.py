@@ -18,6 +18,7 @@ empty user mask is refused.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -160,10 +161,11 @@ def mask_from_image(mask: Image.Image, size: tuple[int, int], factor: int, devic
 
     if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
         alpha = mask.convert("RGBA").getchannel("A")
-        grey = alpha if alpha.getextrema()[0] < 255 else mask.convert("L")
+        lowest, _ = cast(tuple[int, int], alpha.getextrema())  # one band: (min, max)
+        grey = alpha if lowest < 255 else mask.convert("L")
     else:
         grey = mask.convert("L")
-    grey = fit_to_size(grey, tuple(size))
+    grey = fit_to_size(grey, (size[0], size[1]))
     import numpy as np
 
     values = torch.from_numpy(np.asarray(grey, dtype=np.float32) / 255.0).to(device)[None, None]

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import math
 import types
 import typing
@@ -167,7 +166,7 @@ def _describe(spec: dataclasses.Field[Any], hint: Any) -> _Field:
         return _Field(spec.name, _SCALARS[hint], optional, wire, default)
     args = typing.get_args(hint)
     if (typing.get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis
-            and dataclasses.is_dataclass(args[0]) and not optional):
+            and isinstance(args[0], type) and dataclasses.is_dataclass(args[0]) and not optional):
         return _Field(spec.name, "items", False, wire, default, args[0])
     raise TypeError(f"field {spec.name}: {hint!r} cannot travel in a frame")
 
@@ -337,9 +336,15 @@ def _decode_value(context: _Context, f: _Field, key: str, value: Any) -> Any:
     return tuple(items)
 
 
-@functools.cache
+_CODECS: dict[type, _Codec] = {}
+
+
 def _codec(cls: type) -> _Codec:
-    return _Codec(cls)
+    """The codec of `cls`, built on first use (two threads may both build it: harmless)."""
+    codec = _CODECS.get(cls)
+    if codec is None:
+        codec = _CODECS[cls] = _Codec(cls)
+    return codec
 
 
 class _Message:

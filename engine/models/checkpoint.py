@@ -88,6 +88,10 @@ class StandIn:
     """
 
     _qualified_name = "?"
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    state: Any
+    items: dict[Any, Any]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "StandIn":
         instance = object.__new__(cls)
@@ -209,10 +213,8 @@ def _restricted_loads(data: bytes, **kwargs: Any) -> Any:
 
 # The "pickle module" torch.load uses: the standard one with a restricted Unpickler.
 _restricted_pickle = types.ModuleType("engine_restricted_pickle")
-_restricted_pickle.Unpickler = RestrictedUnpickler  # type: ignore[attr-defined]
-_restricted_pickle.load = _restricted_load  # type: ignore[attr-defined]
-_restricted_pickle.loads = _restricted_loads  # type: ignore[attr-defined]
-_restricted_pickle.UnpicklingError = pickle.UnpicklingError  # type: ignore[attr-defined]
+vars(_restricted_pickle).update(Unpickler=RestrictedUnpickler, load=_restricted_load,
+                                loads=_restricted_loads, UnpicklingError=pickle.UnpicklingError)
 _restricted_pickle.__name__ = "engine_restricted_pickle"
 
 

@@ -19,6 +19,7 @@ import warnings
 import zipfile
 from pathlib import Path
 from types import ModuleType
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -45,10 +46,13 @@ class Perceptor:
         self.model = model
         self.device = torch.device(device)
         self.source = source
-        self.dtype: torch.dtype = model.dtype  # type: ignore[assignment]
-        self.input_resolution: int = int(model.visual.input_resolution)  # type: ignore[union-attr]
-        self.embed_dim: int = int(model.text_projection.shape[1])  # type: ignore[union-attr]
-        self.context_length: int = int(model.context_length)  # type: ignore[arg-type]
+        # openai-clip's CLIP, through which its methods and attributes are reached: they are
+        # not typed (nn.Module's __getattr__ would make each one a Tensor | Module).
+        self._clip = clip = cast(Any, model)
+        self.dtype: torch.dtype = clip.dtype
+        self.input_resolution: int = int(clip.visual.input_resolution)
+        self.embed_dim: int = int(clip.text_projection.shape[1])
+        self.context_length: int = int(clip.context_length)
         self._mean = torch.tensor(CLIP_MEAN, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(CLIP_STD, device=self.device).view(1, 3, 1, 1)
 
@@ -60,7 +64,7 @@ class Perceptor:
         """(B, 3, R, R) in [0, 1] -> (B, embed_dim) float32 image embeddings (not unit norm)."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"encode_image wants (B, 3, R, R), got {tuple(x.shape)}")
-        return self.model.encode_image(self.normalize(x)).float()  # type: ignore[operator]
+        return self._clip.encode_image(self.normalize(x)).float()
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> Tensor:
@@ -68,7 +72,7 @@ class Perceptor:
         clip = import_clip()
         tokens = clip.tokenize(list(texts), context_length=self.context_length,
                                truncate=True).to(self.device)
-        return self.model.encode_text(tokens).float()  # type: ignore[operator]
+        return self._clip.encode_text(tokens).float()
 
 
 

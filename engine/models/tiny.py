@@ -42,7 +42,7 @@ import types
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -179,17 +179,22 @@ _PICKLE_ALIASES: dict[Any, tuple[str, str]] = {
 }
 
 
-class _AliasingPickler(pickle._Pickler):  # type: ignore[name-defined]
+class _AliasingPickler(pickle._Pickler):
     """Pickler that writes a few of our classes under Lightning's names.
 
     The stock pickler refuses to name a module that is not importable, and Lightning is not
     installed here; we want the file to name it anyway, as official checkpoints do.
     """
 
+    # The pure-Python pickler's internals, which typeshed leaves out of its stub.
+    write: Callable[[bytes], Any]
+    memoize: Callable[[Any], None]
+
     def save_global(self, obj: Any, name: str | None = None) -> None:  # noqa: D102
         alias = _PICKLE_ALIASES.get(obj) if isinstance(obj, type) else None
         if alias is None:
-            return super().save_global(obj, name)
+            # save_global is also an internal typeshed leaves out.
+            return super().save_global(obj, name)  # type: ignore[misc]
         module, qualname = alias
         self.write(pickle.GLOBAL + f"{module}\n{qualname}\n".encode("utf-8"))
         self.memoize(obj)
@@ -197,7 +202,7 @@ class _AliasingPickler(pickle._Pickler):  # type: ignore[name-defined]
 
 
 _lightning_pickle = types.ModuleType("engine_lightning_pickle")
-_lightning_pickle.Pickler = _AliasingPickler  # type: ignore[attr-defined]
+vars(_lightning_pickle).update(Pickler=_AliasingPickler)
 _lightning_pickle.__name__ = "engine_lightning_pickle"
 
 

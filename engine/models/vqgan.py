@@ -107,7 +107,7 @@ class TamingAutoencoder(nn.Module):
             self.decoder = Decoder(**ddconfig)
         z_channels = int(ddconfig["z_channels"])
         if kind == "vq":
-            self.quantize: nn.Module = VectorQuantizer(n_embed, embed_dim)
+            self.quantize: VectorQuantizer | GumbelQuantize = VectorQuantizer(n_embed, embed_dim)
         else:
             # As in taming's GumbelVQ: `proj` reads z_channels (== embed_dim in practice).
             self.quantize = GumbelQuantize(z_channels, embed_dim, n_embed)
@@ -151,7 +151,7 @@ class VQGAN(nn.Module):
     @property
     def codebook(self) -> Tensor:
         """(n_embed, embed_dim): the code vectors `z` is snapped to."""
-        return self.autoencoder.quantize.codebook  # type: ignore[union-attr]
+        return self.autoencoder.quantize.codebook
 
     @property
     def device(self) -> torch.device:
@@ -173,7 +173,8 @@ class VQGAN(nn.Module):
         h = ae.quant_conv(ae.encoder(x))
         if self.kind == "vq":
             return h
-        logits = ae.quantize.proj(h)  # type: ignore[union-attr]
+        assert isinstance(ae.quantize, GumbelQuantize)
+        logits = ae.quantize.proj(h)
         indices = logits.argmax(dim=1)  # (B, h, w)
         return self.embed_codes(indices)
 
