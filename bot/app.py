@@ -8,8 +8,11 @@ import discord
 from discord.ext import commands
 
 from bot.config import Settings
+from bot.interactions import ImagineTree
+from bot.job_messages import JobMessages
 from bot.runner import JobRunner
 from bot.services import Engine, Services
+from bot.views import progress_view, result_view
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,7 @@ class ImagineBot(commands.Bot):
             command_prefix=commands.when_mentioned,
             help_command=None,
             intents=bot_intents(),
+            tree_cls=ImagineTree,
             # Nobody gets pinged by a prompt echoed back in a result message.
             allowed_mentions=discord.AllowedMentions.none(),
         )
@@ -99,10 +103,10 @@ class ImagineBot(commands.Bot):
         #: arrives: the first user does not wait for the model load, and a model problem
         #: shows in the log at once. `vqgan-clip-bot` sets it; tests leave the engine lazy.
         self._warm_engine = warm_engine
-        #: Store, queue, quotas and engine client; opened in `setup_hook`.
-        self.services: Services | None = None
-        #: Feeds the engine from the queue and updates the job messages; made in `setup_hook`.
-        self.runner: JobRunner | None = None
+        #: Store, queue, quotas, engine client and job messages; opened in `setup_hook`.
+        self._services: Services | None = None
+        #: Feeds the engine from the queue; made in `setup_hook`.
+        self._runner: JobRunner | None = None
         self.synced_commands: list[discord.app_commands.AppCommand] = []
 
     async def setup_hook(self) -> None:
@@ -114,10 +118,12 @@ class ImagineBot(commands.Bot):
         applies instantly (global sync can take up to an hour to show up); the global
         list is left untouched then, so a test server does not wipe production commands.
         """
-        self.services = await Services.open(self.settings, engine=self._engine_override)
-        self.runner = JobRunner(self, self.services)
+        messages = JobMessages(self, progress_view=progress_view, result_view=result_view)
+        self._services = await Services.open(self.settings, messages=messages,
+                                             engine=self._engine_override)
+        self._runner = JobRunner(self, self._services)
         # Before any command can arrive, so restored jobs keep their place in line.
-        await self.runner.restore()
+        await self._runner.restore()
         for name in self.cog_names:
             await self.load_extension(name)
             log.debug("loaded extension %s", name)
@@ -135,7 +141,7 @@ class ImagineBot(commands.Bot):
             len(self.synced_commands), where,
             ", ".join(f"/{c.name}" for c in self.synced_commands) or "none",
         )
-        self.runner.start(warm_engine=self._warm_engine)
+        self._runner.start(warm_engine=self._warm_engine)
 
     async def close(self) -> None:
         """Stop taking jobs, log out, then stop the engine and close the database.
@@ -143,15 +149,27 @@ class ImagineBot(commands.Bot):
         The runner stops first so no job starts on an engine that is going away; a job
         in progress stays `running` in the store and resumes at the next start.
         """
-        runner, self.runner = self.runner, None
+        runner, self._runner = self._runner, None
         if runner is not None:
             await runner.stop()
         try:
             await super().close()
         finally:
-            services, self.services = self.services, None
+            services, self._services = self._services, None
             if services is not None:
                 await services.close()
+
+    @property
+    def services(self) -> Services:
+        """Store, queue, quotas, engine client and job messages, for the cogs.
+
+        `setup_hook` opens them before it loads any cog, so every command finds them; only
+        code that runs outside the bot's life (before login, after close) can see none,
+        and that is a programming error.
+        """
+        if self._services is None:
+            raise RuntimeError("the bot's services are not open (before setup_hook or after close)")
+        return self._services
 
     async def on_ready(self) -> None:
         """Log the one line an operator waits for: who the bot is and how to invite it."""

@@ -34,6 +34,7 @@ from pathlib import Path, PurePosixPath
 import discord
 from PIL import ExifTags, Image, ImageFile
 
+from bot.errors import UserError
 from engine.limits import DEFAULT_MAX_IMAGE_BYTES
 
 #: Formats the engine decodes, by Pillow format name -> file extension used on disk.
@@ -56,7 +57,7 @@ _QUARTER_TURNS = frozenset({5, 6, 7, 8})
 _FORMATS_TEXT = "PNG, JPEG, WebP or GIF"
 
 
-class AttachmentError(Exception):
+class AttachmentError(UserError):
     """The attachment cannot be used. `str(e)` says why and how to fix it."""
 
 

@@ -26,6 +26,8 @@ from typing import Literal
 
 from dotenv import dotenv_values
 
+from engine.limits import DEFAULT_MAX_IMAGE_BYTES
+
 log = logging.getLogger(__name__)
 
 #: Where an operator gets a token; quoted in the missing-token message and the example file.
@@ -43,6 +45,10 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 SIZE_MULTIPLE = 16
 MIN_SIDE = 64
 MAX_SIDE = 4096
+MIB = 1024 * 1024
+#: The largest MAX_IMAGE_MB: a job's images (init image and image prompt) travel to the
+#: engine in one protocol frame, whose blob is at most 32 MiB.
+MAX_IMAGE_MB = 15
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -67,6 +73,7 @@ DEFAULTS: dict[str, str] = {
     "PROGRESS_INTERVAL": "5",
     "DEFAULT_DAILY_QUOTA": "20",
     "MAX_QUEUED_PER_USER": "3",
+    "MAX_IMAGE_MB": "8",
     "LOG_LEVEL": "INFO",
     "AUTO_DOWNLOAD": "true",
 }
@@ -108,6 +115,8 @@ class Settings:
     progress_interval: float = 5.0  # seconds between edits of a progress message
     default_daily_quota: int = 20  # images per user per rolling 24 h; 0 = unlimited
     max_queued_per_user: int = 3
+    #: Largest uploaded image in MiB, checked by the bot before queueing and by the engine again.
+    max_image_mb: int = DEFAULT_MAX_IMAGE_BYTES // MIB
     log_level: str = "INFO"
     auto_download: bool = True
 
@@ -121,6 +130,10 @@ class Settings:
         return f"Settings({', '.join(parts)})"
 
     __str__ = __repr__
+
+    @property
+    def max_image_bytes(self) -> int:
+        return self.max_image_mb * MIB
 
     @property
     def uses_custom_vqgan_files(self) -> bool:
@@ -201,6 +214,7 @@ def load_settings(
         progress_interval=parser.number("PROGRESS_INTERVAL", minimum=1.0),
         default_daily_quota=parser.integer("DEFAULT_DAILY_QUOTA", minimum=0),
         max_queued_per_user=parser.integer("MAX_QUEUED_PER_USER", minimum=1),
+        max_image_mb=parser.integer("MAX_IMAGE_MB", minimum=1, maximum=MAX_IMAGE_MB),
         log_level=parser.choice("LOG_LEVEL", LOG_LEVELS, lower=False),
         auto_download=parser.boolean("AUTO_DOWNLOAD"),
     )
@@ -301,7 +315,7 @@ class _Parser:
             return None
         return int(value)
 
-    def integer(self, name: str, *, minimum: int) -> int:
+    def integer(self, name: str, *, minimum: int, maximum: int | None = None) -> int:
         value = self._value(name)
         try:
             number = int(value)
@@ -313,6 +327,13 @@ class _Parser:
                 name,
                 f"{number} is below the minimum {minimum}; "
                 f"set a value >= {minimum}{self._default_hint(name)}",
+            )
+            return int(DEFAULTS[name])
+        if maximum is not None and number > maximum:
+            self._fail(
+                name,
+                f"{number} is above the maximum {maximum}; "
+                f"set a value <= {maximum}{self._default_hint(name)}",
             )
             return int(DEFAULTS[name])
         return number

@@ -53,12 +53,14 @@ class JobKind(StrEnum):
     REROLL = "reroll"
 
 
-#: Lower-case RFC 4648 base32: no 0/1, so ids typed back by users are not ambiguous.
-JOB_ID_LENGTH = 8
+#: The discord.py custom event (`bot.dispatch`) that wakes the job runner when a job is
+#: queued: whoever queues dispatches it, so nothing that queues imports the runner.
+JOB_QUEUED_EVENT = "vqc_job_queued"
 
 
 def new_job_id() -> str:
-    """A short random id users can read and type (`/cancel k3q7xm2a`): 40 random bits."""
+    """A short random id people can read and quote to an admin (`k3q7xm2a`): 40 random bits
+    in lower-case RFC 4648 base32, 8 characters with no 0 or 1 to mistake for O or l."""
     return base64.b32encode(secrets.token_bytes(5)).decode("ascii").lower()
 
 

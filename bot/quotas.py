@@ -19,7 +19,6 @@ used it was queued, which is fair across time zones and gives an exact "next one
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
@@ -27,6 +26,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
+from bot.errors import UserError
+from bot.render import discord_relative_time, format_duration
 from bot.store import Clock, QuotaLimit, Store
 
 WINDOW_SECONDS = 24 * 60 * 60
@@ -69,22 +70,6 @@ class QuotaStatus:
         return self.remaining is None or self.remaining > 0
 
 
-def format_duration(seconds: float) -> str:
-    """`3 h 12 min`, `45 min`, `2 h`: rounded *up* to the minute so it never promises early."""
-    minutes = max(1, math.ceil(seconds / 60))
-    hours, minutes = divmod(minutes, 60)
-    if hours and minutes:
-        return f"{hours} h {minutes} min"
-    if hours:
-        return f"{hours} h"
-    return f"{minutes} min"
-
-
-def discord_relative_time(epoch: float) -> str:
-    """A Discord timestamp (`<t:EPOCH:R>`) that each reader's client shows as "in 3 hours"."""
-    return f"<t:{math.ceil(epoch)}:R>"
-
-
 def exceeded_message(status: QuotaStatus, now: float) -> str:
     """The message shown when a member is out of quota: how much was used, when it frees."""
     if status.limit == 0:
@@ -103,7 +88,7 @@ def exceeded_message(status: QuotaStatus, now: float) -> str:
     )
 
 
-class QuotaExceeded(Exception):
+class QuotaExceeded(UserError):
     """The member may not queue another image now. `str(e)` is the message to show."""
 
     def __init__(self, status: QuotaStatus, message: str) -> None:
@@ -216,7 +201,5 @@ __all__ = [
     "QuotaPolicy",
     "QuotaSource",
     "QuotaStatus",
-    "discord_relative_time",
     "exceeded_message",
-    "format_duration",
 ]

@@ -14,7 +14,6 @@ import time
 import discord
 
 from bot.jobs import Job
-from bot.quotas import discord_relative_time
 
 #: Colours per state, so a glance at the channel tells waiting, working, done, failed.
 COLOUR_QUEUED = discord.Colour.light_grey()
@@ -24,8 +23,14 @@ COLOUR_FAILED = discord.Colour.red()
 COLOUR_CANCELLED = discord.Colour.dark_grey()
 
 BAR_WIDTH = 20
+#: What users read while the engine cannot run jobs; never the reason, which can hold paths.
+ENGINE_DOWN_TEXT = "The image engine is down; your image keeps its place."
 #: Embed titles are limited to 256 characters; prompts may be 500.
-TITLE_LIMIT = 250
+TITLE_LIMIT = 256
+#: Embed field values are limited to 1024 characters.
+FIELD_LIMIT = 1024
+#: A `replace` phrase quoted in a job's description.
+REPLACE_LIMIT = 102
 
 
 def progress_bar(iteration: int, total: int, width: int = BAR_WIDTH) -> str:
@@ -35,8 +40,9 @@ def progress_bar(iteration: int, total: int, width: int = BAR_WIDTH) -> str:
     return "█" * filled + "░" * (width - filled) + f" {int(fraction * 100)}%"
 
 
-def format_seconds(seconds: float) -> str:
-    """`45 s`, `3 min`, `1 h 5 min`: coarse on purpose; an ETA is an estimate."""
+def format_duration(seconds: float) -> str:
+    """`45 s`, `3 min`, `1 h 5 min`: coarse on purpose (an ETA is an estimate) and rounded
+    *up*, so a wait is never promised shorter than it is."""
     seconds = max(0.0, seconds)
     if seconds < 60:
         return f"{max(1, math.ceil(seconds))} s"
@@ -47,9 +53,37 @@ def format_seconds(seconds: float) -> str:
     return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
-def short_prompt(prompt: str, limit: int = TITLE_LIMIT) -> str:
-    prompt = " ".join(prompt.split())
-    return prompt if len(prompt) <= limit else prompt[: limit - 1] + "…"
+def discord_relative_time(epoch: float) -> str:
+    """A Discord timestamp (`<t:EPOCH:R>`) that each reader's client shows as "in 3 hours"."""
+    return f"<t:{math.ceil(epoch)}:R>"
+
+
+def user_text(text: str, limit: int | None = None) -> str:
+    """Text a user typed (a prompt, a phrase, a file name), made safe to show anywhere: on
+    one line, Markdown escaped so it cannot change the layout, mentions defused
+    (`@everyone`, `<@id>`, `<@&id>` are shown, never resolved or pinged, whatever the
+    message's allowed mentions say), and at most `limit` characters, escapes included,
+    cut with an ellipsis."""
+    text = " ".join(text.split())
+    safe = _escape(text)
+    if limit is None or len(safe) <= limit:
+        return safe
+    cut = limit - 1
+    while cut > 0:
+        safe = _escape(text[:cut].rstrip()) + "…"
+        if len(safe) <= limit:
+            return safe
+        cut -= len(safe) - limit
+    return "…"
+
+
+def _escape(text: str) -> str:
+    return discord.utils.escape_mentions(discord.utils.escape_markdown(text))
+
+
+def quoted(text: str, limit: int | None = None) -> str:
+    """`“a castle”`: user text in quotes, safe as `user_text`."""
+    return f"“{user_text(text, None if limit is None else limit - 2)}”"
 
 
 def size_text(job: Job) -> str:
@@ -60,7 +94,7 @@ def size_text(job: Job) -> str:
 def describe_kind(job: Job) -> str:
     if job.kind == "edit":
         replace = job.params.get("replace")
-        return f"Editing ({replace!r} → prompt)" if replace else "Editing"
+        return f"Editing ({quoted(replace, REPLACE_LIMIT)} → prompt)" if replace else "Editing"
     if job.kind == "reroll":
         return "Reroll"
     return "Imagining"
@@ -69,7 +103,7 @@ def describe_kind(job: Job) -> str:
 def describe_done(job: Job) -> str:
     if job.kind == "edit":
         replace = job.params.get("replace")
-        return f"Edited ({replace!r} → prompt)" if replace else "Edited"
+        return f"Edited ({quoted(replace, REPLACE_LIMIT)} → prompt)" if replace else "Edited"
     if job.kind == "reroll":
         return "Rerolled"
     return "Imagined"
@@ -81,7 +115,7 @@ def queued_answer(job: Job, position: int | None, eta_seconds: float | None) -> 
     if eta_seconds is None:
         when = "no time estimate yet (this is the first image since the bot started)"
     else:
-        when = f"ready in about {format_seconds(eta_seconds)}"
+        when = f"ready in about {format_duration(eta_seconds)}"
     return (
         f"Queued job `{job.id}`, {place}, {when}. "
         "Its progress appears in this channel; use the **Cancel** button there to stop it."
@@ -89,7 +123,7 @@ def queued_answer(job: Job, position: int | None, eta_seconds: float | None) -> 
 
 
 def _base_embed(job: Job, colour: discord.Colour) -> discord.Embed:
-    embed = discord.Embed(title=short_prompt(job.prompt), colour=colour)
+    embed = discord.Embed(title=user_text(job.prompt, TITLE_LIMIT), colour=colour)
     embed.set_footer(text=f"job {job.id} · {size_text(job)} · {job.iterations} iterations")
     return embed
 
@@ -108,13 +142,13 @@ def queued_embed(job: Job, position: int | None, eta_seconds: float | None,
     return embed
 
 
-def waiting_for_engine_embed(job: Job, problem: str, retry_in: float) -> discord.Embed:
-    """Shown on waiting jobs while the engine cannot start: the job is safe, not lost."""
+def waiting_for_engine_embed(job: Job) -> discord.Embed:
+    """Shown on waiting jobs while the engine is down: the job is safe, not lost. The reason
+    is for the operator (log, `/status`): it may name the server's files."""
     embed = _base_embed(job, COLOUR_QUEUED)
     embed.description = (
         f"{describe_kind(job)} for <@{job.user_id}>\n"
-        f"Waiting: the image engine is not running ({short_prompt(problem, 300)}). "
-        f"The bot retries in {format_seconds(retry_in)}; your job keeps its place."
+        f"{ENGINE_DOWN_TEXT} It starts when the engine is back."
     )
     return embed
 
@@ -134,7 +168,7 @@ def progress_embed(
         f"`{progress_bar(iteration, total)}` iteration {iteration}/{total}",
     ]
     if eta_seconds is not None:
-        lines.append(f"About {format_seconds(eta_seconds)} left.")
+        lines.append(f"About {format_duration(eta_seconds)} left.")
     embed.description = "\n".join(lines)
     if preview_name:
         embed.set_image(url=f"attachment://{preview_name}")
@@ -143,13 +177,13 @@ def progress_embed(
 
 def result_embed(job: Job, *, seed: int, seconds: float, width: int, height: int,
                  image_name: str) -> discord.Embed:
-    embed = discord.Embed(title=short_prompt(job.prompt), colour=COLOUR_DONE)
+    embed = discord.Embed(title=user_text(job.prompt, TITLE_LIMIT), colour=COLOUR_DONE)
     embed.description = f"{describe_done(job)} for <@{job.user_id}>"
-    if len(" ".join(job.prompt.split())) > TITLE_LIMIT:  # the title was shortened
-        embed.add_field(name="Prompt", value=job.prompt[:1024], inline=False)
+    if user_text(job.prompt) != embed.title:  # the title was shortened: the whole prompt
+        embed.add_field(name="Prompt", value=user_text(job.prompt, FIELD_LIMIT), inline=False)
     embed.add_field(name="Seed", value=f"`{seed}`")
     embed.add_field(name="Size", value=f"{width}×{height}")
-    embed.add_field(name="Time", value=format_seconds(seconds))
+    embed.add_field(name="Time", value=format_duration(seconds))
     embed.set_image(url=f"attachment://{image_name}")
     embed.set_footer(text=f"job {job.id} · {job.iterations} iterations")
     return embed

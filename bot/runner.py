@@ -15,41 +15,36 @@ engine and turns the engine's events into edits of the job's progress message:
 - `Failed` -> marked failed (not charged) and the plain reason shown.
 - `Cancelled` -> marked cancelled (not charged).
 
-All messages are ordinary channel messages edited with the bot token, never through the
-interaction token (which dies after 15 minutes), so jobs of any length finish properly.
+The job's message is written by `services.messages` (`bot.job_messages`); cancelling is
+`bot.cancel`, which meets the runner in `services.running`.
 
 Restarts: `restore()` (called from setup_hook, before any command can arrive) puts the
 jobs a stopped bot left running back at the front of the queue, followed by the queued
 ones; their progress message ids are in the store, so the same messages go on updating.
 A job interrupted by shutdown stays `running` in the store for exactly that reason.
 
-The engine is started when the first job is waiting, not at boot: an idle bot holds no GPU
-memory and comes online at once, and `python -m bot` has already checked the model files
-at start-up. Once started, the engine client supervises (restarts) the worker itself.
+The engine is started at boot (`ImagineBot(warm_engine=True)`, which `vqgan-clip-bot`
+uses: the first user does not wait for the model load, and a model problem shows in the log
+at once), or when the first job waits (tests). Once started, the engine client supervises
+(restarts) the worker itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import time
-from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot import render
-from bot.jobs import Job, JobStatus
-from bot.services import RunningJob
+from bot.eta import estimate
+from bot.jobs import JOB_QUEUED_EVENT, Job, JobStatus
+from bot.requests import job_size
+from bot.services import RunningJob, Services
 from bot.store import JobStateError
-from bot.submission import JOB_QUEUED_EVENT, estimate, job_size
-from bot.views import progress_view, result_view
 from engine import protocol
 from engine.prompts import parse_prompt
-
-if TYPE_CHECKING:
-    from bot.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +66,6 @@ class JobRunner:
         self.services = services
         self._task: asyncio.Task[None] | None = None
         self._engine_started = False
-        #: The job between leaving the queue and its last event; cancels go through here.
-        self._current: Job | None = None
-        self._submitted = False
-        #: job id -> who asked to cancel it (while it is current).
-        self._cancel_requests: dict[str, int | None] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -107,10 +97,6 @@ class JobRunner:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    @property
-    def current_job_id(self) -> str | None:
-        return self._current.id if self._current is not None else None
-
     # ------------------------------------------------------------------ the loop
 
     async def _run(self, warm_engine: bool = False) -> None:
@@ -131,23 +117,20 @@ class JobRunner:
         scheduler = self.services.scheduler
         while len(scheduler) == 0:
             # A discord.py custom event (dispatched by whoever queues a job) rather than
-            # the scheduler's own wait: any cog can wake the runner without importing it.
+            # the scheduler's own wait: anything can wake the runner without importing it.
             await self.bot.wait_for(JOB_QUEUED_EVENT)
         await self._ensure_engine()
         job = scheduler.pop_nowait()
         if job is None:  # cancelled while the engine was starting
             return
-        # No await between taking the job and making it current: a Cancel click always
-        # finds it either in the queue or here.
-        self._current = job
-        self._submitted = False
+        # No await between taking the job and making it the running one: a Cancel click
+        # always finds it either in the queue or in `services.running`.
+        self.services.running = RunningJob(job.id, job.user_id, 0, job.iterations, time.time())
         try:
             await self._process(job)
         finally:
-            self._current = None
-            self._submitted = False
-            self._cancel_requests.pop(job.id, None)
             self.services.running = None
+            scheduler.finish(job.id)
 
     async def _ensure_engine(self) -> None:
         """Start the engine once; while it can't start, keep the jobs waiting and say so."""
@@ -166,51 +149,54 @@ class JobRunner:
                 attempt += 1
                 log.error("the image engine could not start (attempt %d): %s\n"
                           "jobs wait in the queue; retrying in %.0f s", attempt, error, delay)
-                first_line = (str(error).strip().splitlines() or [error.__class__.__name__])[0]
-                await self._tell_waiting(first_line, delay)
+                await self._tell_waiting()
                 await asyncio.sleep(delay)
                 continue
             self._engine_started = True
             log.info("image engine ready: %s", ready)
             if attempt:
-                await self._tell_queued()  # replace the "engine is not running" notes
+                await self._tell_queued()  # replace the "engine is down" notes
             return
 
-    async def _tell_waiting(self, problem: str, retry_in: float) -> None:
+    async def _tell_waiting(self) -> None:
         for job in self.services.scheduler.queued_jobs():
-            await self._edit(job, embed=render.waiting_for_engine_embed(job, problem, retry_in))
+            await self.services.messages.engine_down(job)
 
     async def _tell_queued(self) -> None:
         for job in self.services.scheduler.queued_jobs():
-            position, eta = await estimate(self.services, job.id)
-            await self._edit(job, embed=render.queued_embed(job, position, eta))
+            where = await estimate(self.services, job.id)
+            await self.services.messages.queued(job, where.position, where.ready_in)
 
     # ------------------------------------------------------------------ one job
 
     async def _process(self, job: Job) -> None:
         """Run one job to its end. Never raises (but for cancellation of the runner):
         an unexpected error fails this job, with an apology naming its id, not the loop."""
+        messages = self.services.messages
+        running = self.services.running
+        assert running is not None and running.job_id == job.id
         try:
             try:
                 job = await self.services.store.mark_running(job.id)
             except JobStateError:  # cancelled between leaving the queue and now
                 return
-            self._current = job
-            if job.id in self._cancel_requests:
-                await self._cancelled(job)
+            if running.cancel_requested:
+                await self._cancelled(job, running)
                 return
             try:
                 submit = self._build_submit(job)
             except JobInputMissing as error:
                 await self._failed(job, str(error))
                 return
-            self.services.running = RunningJob(job.id, job.user_id, 0, job.iterations, time.time())
-            await self._edit(job, embed=render.started_embed(job), view=progress_view(job.id))
+            await messages.started(job)
             last_edit = time.monotonic()
-            self._submitted = True
+            # No await between marking it submitted and handing it over: a cancel either
+            # saw `submitted` false (and the check above or the engine's answer ends it)
+            # or goes to the engine.
+            running.submitted = True
             async for event in self.services.engine.submit(submit):
                 if isinstance(event, protocol.Progress):
-                    last_edit = await self._progress(job, event, last_edit)
+                    last_edit = await self._progress(job, running, event, last_edit)
                 elif isinstance(event, protocol.Done):
                     await self._done(job, event)
                     return
@@ -218,12 +204,12 @@ class JobRunner:
                     if event.reason == protocol.FAIL_SHUTDOWN:
                         # The bot is stopping: leave the job `running` so the next start
                         # resumes it (requeue_running), and say so.
-                        await self._edit(job, embed=render.interrupted_embed(job), view=None)
+                        await messages.interrupted(job)
                         return
                     await self._failed(job, event.message)
                     return
                 elif isinstance(event, protocol.Cancelled):
-                    await self._cancelled(job)
+                    await self._cancelled(job, running)
                     return
             raise RuntimeError("the engine's event stream ended without a result")
         except asyncio.CancelledError:
@@ -236,7 +222,7 @@ class JobRunner:
                 job = await self.services.store.mark_failed(job.id, f"internal error (job {job.id})")
             except Exception:
                 log.exception("job %s: could not mark it failed", job.id)
-            await self._edit(job, embed=render.apology_embed(job), attachments=[], view=None)
+            await messages.apology(job)
 
     def _build_submit(self, job: Job) -> protocol.Submit:
         params = job.params
@@ -270,27 +256,19 @@ class JobRunner:
                 "attach it again with /edit"
             ) from None
 
-    async def _progress(self, job: Job, event: protocol.Progress, last_edit: float) -> float:
-        running = self.services.running
-        seconds_per_iteration = event.elapsed / event.iteration if event.iteration > 0 and event.elapsed > 0 else None
-        if running is not None and running.job_id == job.id:
-            running.iteration = event.iteration
-            running.total = event.total
-            if seconds_per_iteration is not None:
-                running.seconds_per_iteration = seconds_per_iteration
+    async def _progress(self, job: Job, running: RunningJob, event: protocol.Progress,
+                        last_edit: float) -> float:
+        running.iteration = event.iteration
+        running.total = event.total
+        if event.iteration > 0 and event.elapsed > 0:
+            running.seconds_per_iteration = event.elapsed / event.iteration
         now = time.monotonic()
         if now - last_edit < self.services.settings.progress_interval:
             return last_edit
         eta = None
-        if seconds_per_iteration is not None:
-            eta = max(0, event.total - event.iteration) * seconds_per_iteration
-        fields: dict[str, Any] = {}
-        preview_name = None
-        if event.preview:
-            preview_name = f"preview-{job.id}-{event.iteration}.jpg"
-            fields["attachments"] = [discord.File(io.BytesIO(event.preview), filename=preview_name)]
-        fields["embed"] = render.progress_embed(job, event.iteration, event.total, eta, preview_name)
-        await self._edit(job, **fields)
+        if running.seconds_per_iteration is not None:
+            eta = max(0, event.total - event.iteration) * running.seconds_per_iteration
+        await self.services.messages.progress(job, event.iteration, event.total, eta, event.preview)
         return now
 
     async def _done(self, job: Job, event: protocol.Done) -> None:
@@ -303,19 +281,11 @@ class JobRunner:
             job.id, result_path=name, seed=event.seed, seconds=event.seconds,
             iterations=event.iterations or job.iterations,
         )
-        width = event.width or int(job.params.get("width") or 0)
-        height = event.height or int(job.params.get("height") or 0)
-
-        def message_fields() -> dict[str, Any]:
-            # A File can be sent once; build a fresh one per attempt.
-            return {
-                "embed": render.result_embed(job, seed=event.seed, seconds=event.seconds,
-                                             width=width, height=height, image_name=name),
-                "view": result_view(job.id),
-                "file": discord.File(io.BytesIO(event.png), filename=name),
-            }
-
-        message_id = await self._show_final(job, message_fields)
+        width, height = job_size(self.services.settings, job)
+        message_id = await self.services.messages.result(
+            job, png=event.png, name=name, seed=event.seed, seconds=event.seconds,
+            width=event.width or width, height=event.height or height,
+        )
         if message_id is not None:
             await self.services.store.update_job(job.id, result_message_id=message_id)
         log.info("job %s done in %.1f s (seed %s)", job.id, event.seconds, event.seed)
@@ -326,88 +296,11 @@ class JobRunner:
         except JobStateError as error:
             log.warning("job %s: %s", job.id, error)
         log.info("job %s failed: %s", job.id, message)
-        await self._show_final(job, lambda: {"embed": render.failed_embed(job, message), "view": None})
+        await self.services.messages.failed(job, message)
 
-    async def _cancelled(self, job: Job) -> None:
-        by = self._cancel_requests.get(job.id)
+    async def _cancelled(self, job: Job, running: RunningJob) -> None:
         try:
             job = await self.services.store.mark_cancelled(job.id)
         except JobStateError as error:
             log.warning("job %s: %s", job.id, error)
-        await self._show_final(job, lambda: {"embed": render.cancelled_embed(job, by), "view": None})
-
-    # ------------------------------------------------------------------ cancelling
-
-    async def cancel(self, job_id: str, *, by_user_id: int | None = None) -> str:
-        """Cancel a queued or running job; returns what to tell the person who asked.
-
-        The caller has checked that they may. Queued: removed at once. Running: the engine
-        is asked to stop; the job's message changes when it has.
-        """
-        services = self.services
-        if services.scheduler.remove(job_id) is not None:
-            try:
-                job = await services.store.mark_cancelled(job_id)
-            except JobStateError as error:
-                return f"Job `{job_id}` could not be cancelled: it is {error.current.value}."
-            await self._edit(job, embed=render.cancelled_embed(job, by_user_id), attachments=[], view=None)
-            return f"Cancelled job `{job_id}` before it started. It was not charged."
-        current = self._current
-        if current is not None and current.id == job_id:
-            self._cancel_requests[job_id] = by_user_id
-            if self._submitted:
-                await services.engine.cancel(job_id)
-            return f"Stopping job `{job_id}`… It will not be charged."
-        job = await services.store.get_job(job_id)
-        if job is None:
-            return f"I have no record of job `{job_id}`."
-        if job.status.is_finished:
-            return f"Job `{job_id}` has already {job.status.value}."
-        # Queued in the store but in no queue (should not happen): settle it.
-        job = await services.store.mark_cancelled(job_id)
-        await self._edit(job, embed=render.cancelled_embed(job, by_user_id), attachments=[], view=None)
-        return f"Cancelled job `{job_id}`. It was not charged."
-
-    # ------------------------------------------------------------------ messages
-
-    def _message(self, job: Job, message_id: int) -> discord.PartialMessage:
-        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
-        return channel.get_partial_message(message_id)
-
-    async def _edit(self, job: Job, **fields: Any) -> bool:
-        """Edit the job's progress message; a failure is logged, never raised (a lost
-        preview must not cost the picture)."""
-        if job.progress_message_id is None:
-            return False
-        try:
-            await self._message(job, job.progress_message_id).edit(**fields)
-            return True
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            log.warning("job %s: could not edit its message %s: %s",
-                        job.id, job.progress_message_id, error)
-            return False
-
-    async def _show_final(self, job: Job, make_fields: Any) -> int | None:
-        """Turn the progress message into the final one (result, failure, cancel); if that
-        message is gone or can't be edited, post a new one. Returns the message id."""
-        fields = make_fields()
-        file = fields.pop("file", None)
-        if job.progress_message_id is not None:
-            edit_fields = dict(fields, attachments=[file] if file is not None else [])
-            if await self._edit(job, **edit_fields):
-                return job.progress_message_id
-        fields = make_fields()
-        try:
-            channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
-            if fields.get("view") is None:
-                fields.pop("view", None)
-            message = await channel.send(content=f"<@{job.user_id}>", **fields)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            log.error("job %s: could not post its final message in channel %s: %s",
-                      job.id, job.channel_id, error)
-            return None
-        return message.id
+        await self.services.messages.cancelled(job, running.cancelled_by)

@@ -27,10 +27,11 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from bot.errors import UserError
 from bot.jobs import Job
 
 
-class QueueFull(Exception):
+class QueueFull(UserError):
     """The job was not queued. `str(e)` is a message fit to show the user."""
 
     def __init__(self, message: str, *, user_id: int | None = None) -> None:

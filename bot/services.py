@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from bot.config import Settings
+from bot.job_messages import JobMessages
 from bot.quotas import QuotaPolicy
 from bot.scheduler import Scheduler
 from bot.store import Store
@@ -51,8 +52,8 @@ def worker_environment() -> dict[str, str]:
 
 @dataclass
 class RunningJob:
-    """The job the engine is computing now, as the job runner last heard of it; `/queue`
-    and ETAs read it."""
+    """The job between leaving the queue and its last event, as the job runner last heard
+    of it; `/queue` and ETAs read it, and a cancel is recorded on it."""
 
     job_id: str
     user_id: int
@@ -61,12 +62,11 @@ class RunningJob:
     started_at: float
     #: Measured on this job so far; None until the first progress event.
     seconds_per_iteration: float | None = None
-
-    @property
-    def remaining_seconds(self) -> float | None:
-        if self.seconds_per_iteration is None:
-            return None
-        return max(0, self.total - self.iteration) * self.seconds_per_iteration
+    #: Whether the engine has been handed the job (a cancel must then go to the engine).
+    submitted: bool = False
+    #: Set when someone asked to cancel it; `cancelled_by` says who (None: unknown).
+    cancel_requested: bool = False
+    cancelled_by: int | None = None
 
 
 @dataclass
@@ -79,6 +79,8 @@ class Services:
     quotas: QuotaPolicy
     engine: Engine
     results_dir: Path
+    #: Writes each job's channel message (its buttons come from the app's views).
+    messages: JobMessages
     #: Set by the job runner while a job computes; None when the engine is idle.
     running: RunningJob | None = None
 
@@ -87,6 +89,7 @@ class Services:
         cls,
         settings: Settings,
         *,
+        messages: JobMessages,
         engine: Engine | None = None,
         clock: Callable[[], float] = time.time,
     ) -> Services:
@@ -108,6 +111,7 @@ class Services:
             quotas=QuotaPolicy(store, settings.default_daily_quota or None, clock),
             engine=engine,
             results_dir=results_dir,
+            messages=messages,
         )
 
     async def close(self) -> None:

@@ -1,38 +1,40 @@
-"""Buttons and modals on the job messages: Cancel (progress), Reroll and Edit (result).
+"""The job buttons and the edit modal: Cancel (on a waiting or running job), Reroll and
+Edit (on a result).
 
 The buttons are discord.py `DynamicItem`s whose custom id carries the job id
 (`vqc:reroll:<job id>`), so they need no in-memory view: any bot process that registered
 the item classes (`bot.add_dynamic_items`, done by the generate cog) answers them, also
 after a restart and for messages posted weeks ago. Everything a button needs is then read
-from the store by job id.
+from the store by job id. discord.py only logs what a dynamic item's callback raises, so
+each click is run through the one error handler here (`_JobButton.callback`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import discord
 
+from bot.attachments import fetch_image
+from bot.cancel import cancel_job
+from bot.enqueue import submit_and_answer
+from bot.errors import NotAllowed, UserError
+from bot.interactions import answer, defer, report_error, services_of
 from bot.jobs import Job, JobKind, JobStatus
-from bot.submission import (
-    STARTING_MESSAGE,
+from bot.permissions import may_manage
+from bot.requests import (
     InputImage,
     JobRequest,
-    RequestRejected,
-    StoredImage,
-    answer,
-    defer,
+    fit_size,
     job_size,
-    submit_and_answer,
+    reroll_request,
+    stored_input,
     validate_iterations,
     validate_prompt,
     validate_replace,
 )
-
-if TYPE_CHECKING:
-    from bot.services import Services
+from bot.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -42,67 +44,10 @@ REROLL_PREFIX = "vqc:reroll:"
 EDIT_PREFIX = "vqc:edit:"
 
 
-def _services(interaction: discord.Interaction) -> Services | None:
-    return getattr(interaction.client, "services", None)
-
-
-async def _job_for(interaction: discord.Interaction, job_id: str) -> tuple[Services, Job] | None:
-    services = _services(interaction)
-    if services is None:
-        await answer(interaction, STARTING_MESSAGE)
-        return None
-    job = await services.store.get_job(job_id)
-    if job is None:
-        await answer(interaction, f"I have no record of job `{job_id}` any more.")
-        return None
-    return services, job
-
-
-def may_manage(interaction: discord.Interaction, job: Job) -> bool:
-    """The requester, or a member with Manage Server (checked here, by the bot itself:
-    Discord shows buttons to everyone who can see the message)."""
-    if interaction.user.id == job.user_id:
-        return True
-    permissions = interaction.permissions
-    if permissions is not None and (permissions.manage_guild or permissions.administrator):
-        return True
-    member = interaction.user
-    return isinstance(member, discord.Member) and member.guild_permissions.manage_guild
-
-
-def _stored_input(services: Services, path: str | None) -> StoredImage | None:
-    """A stored image that still exists on disk, else RequestRejected."""
-    if path is None:
-        return None
-    if not os.path.isfile(services.results_dir / path):
-        raise RequestRejected(
-            "The image this job started from is no longer on the bot's disk; attach it again "
-            "with `/edit` or the **Edit image** context menu."
-        )
-    return StoredImage(path)
-
-
-def reroll_request(services: Services, job: Job) -> JobRequest:
-    """Same prompt and parameters as `job`, a new seed."""
-    params = job.params
-    width, height = job_size(services.settings, job)
-    return JobRequest(
-        kind=JobKind.REROLL,
-        prompt=job.prompt,
-        width=width,
-        height=height,
-        iterations=min(job.iterations, services.settings.max_iterations),
-        seed=None,
-        init_image=_stored_input(services, job.input_path),
-        image_prompt=_stored_input(services, params.get("image_prompt_path")),
-        replace=params.get("replace"),
-        parent_id=job.id,
-    )
-
-
 class _JobButton:
     """What the job buttons share: the button with its job id in the custom id, re-created
-    from that id on a click, and the job looked up before `on_click` runs.
+    from that id on a click, the job looked up before `on_click` runs, and errors sent to
+    the one handler.
 
     A mixin placed before `DynamicItem` in each button's bases, not a `DynamicItem`
     subclass: `DynamicItem.__init_subclass__` demands a `template=` on every subclass
@@ -116,7 +61,7 @@ class _JobButton:
     EMOJI: ClassVar[str]
 
     def __init__(self, job_id: str) -> None:
-        super().__init__(discord.ui.Button(  # DynamicItem.__init__, next in the MRO
+        super().__init__(discord.ui.Button(  # type: ignore[call-arg]  # DynamicItem.__init__, next in the MRO
             label=self.LABEL, style=self.STYLE, emoji=self.EMOJI, custom_id=self.PREFIX + job_id
         ))
         self.job_id = job_id
@@ -127,11 +72,14 @@ class _JobButton:
         return cls(match["job_id"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        found = await _job_for(interaction, self.job_id)
-        if found is None:
-            return
-        services, job = found
-        await self.on_click(interaction, services, job)
+        try:
+            services = services_of(interaction)
+            job = await services.store.get_job(self.job_id)
+            if job is None:
+                raise UserError(f"I have no record of job `{self.job_id}` any more.")
+            await self.on_click(interaction, services, job)
+        except Exception as error:
+            await report_error(interaction, error)
 
     async def on_click(self, interaction: discord.Interaction, services: Services, job: Job) -> None:
         raise NotImplementedError
@@ -146,21 +94,14 @@ class CancelButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], templa
     EMOJI = "✖️"
 
     async def on_click(self, interaction: discord.Interaction, services: Services, job: Job) -> None:
-        if not may_manage(interaction, job):
-            await answer(interaction, f"Only <@{job.user_id}>, who asked for this image, or a "
-                                      "server admin (Manage Server) can cancel it.")
-            return
+        if not may_manage(interaction, job.user_id):
+            raise NotAllowed(f"Only <@{job.user_id}>, who asked for this image, or a server admin "
+                             "(Manage Server) can cancel it.")
         if job.status.is_finished:
-            await answer(interaction, f"Job `{job.id}` has already {job.status.value} "
-                                      f"({'finished' if job.status is JobStatus.DONE else 'ended'}).")
-            return
-        runner = getattr(interaction.client, "runner", None)
-        if runner is None:
-            await answer(interaction, STARTING_MESSAGE)
-            return
+            ended = "finished" if job.status is JobStatus.DONE else "ended"
+            raise UserError(f"Job `{job.id}` has already {job.status.value} ({ended}).")
         await defer(interaction)
-        outcome = await runner.cancel(job.id, by_user_id=interaction.user.id)
-        await answer(interaction, outcome)
+        await answer(interaction, await cancel_job(services, job.id, by_user_id=interaction.user.id))
 
 
 class RerollButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], template=REROLL_PREFIX + _JOB):
@@ -172,11 +113,7 @@ class RerollButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], templa
     EMOJI = "🎲"
 
     async def on_click(self, interaction: discord.Interaction, services: Services, job: Job) -> None:
-        try:
-            request = reroll_request(services, job)
-        except RequestRejected as error:
-            await answer(interaction, str(error))
-            return
+        request = reroll_request(services.settings, services.results_dir, job)
         await submit_and_answer(interaction, request)
 
 
@@ -190,13 +127,8 @@ class EditButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], template
 
     async def on_click(self, interaction: discord.Interaction, services: Services, job: Job) -> None:
         if job.status is not JobStatus.DONE or not job.result_path:
-            await answer(interaction, f"Job `{job.id}` has no finished image to edit.")
-            return
-        try:
-            source = _stored_input(services, job.result_path)
-        except RequestRejected as error:
-            await answer(interaction, str(error))
-            return
+            raise UserError(f"Job `{job.id}` has no finished image to edit.")
+        source = stored_input(services.results_dir, job.result_path)
         await interaction.response.send_modal(
             EditModal(source=source, size=job_size(services.settings, job), parent_id=job.id)
         )
@@ -227,36 +159,25 @@ class EditModal(discord.ui.Modal, title="Edit image"):
         self.parent_id = parent_id
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        from bot.attachments import AttachmentError, fetch_image
-        from bot.submission import fit_size
-
-        services = _services(interaction)
-        if services is None:
-            await answer(interaction, STARTING_MESSAGE)
-            return
+        services = services_of(interaction)
         prompt = self.prompt.value or ""
-        try:
-            validate_prompt(prompt)
-            replace = validate_replace(self.replace.value)
-            iterations = validate_iterations(services.settings, None)
-            source = self.source
-            size = self.size
-            if isinstance(source, discord.Attachment):  # check and download it now
-                await defer(interaction)
-                source = await fetch_image(source)
-                size = fit_size(services.settings, source.width, source.height)
-        except (RequestRejected, AttachmentError) as error:
-            await answer(interaction, str(error))
-            return
-        assert size is not None
+        validate_prompt(prompt)
+        replace = validate_replace(self.replace.value)
+        iterations = validate_iterations(services.settings, None)
+        source = self.source
+        size = self.size
+        if isinstance(source, discord.Attachment):  # check and download it now
+            await defer(interaction)
+            source = await fetch_image(source, max_bytes=services.settings.max_image_bytes)
+            size = fit_size(services.settings, source.width, source.height)
+        assert size is not None, "a stored source always comes with its size"
         await submit_and_answer(interaction, JobRequest(
             kind=JobKind.EDIT, prompt=prompt, width=size[0], height=size[1],
             iterations=iterations, init_image=source, replace=replace, parent_id=self.parent_id,
         ))
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
-        log.exception("edit modal failed", exc_info=error)
-        await answer(interaction, "Sorry, something went wrong; please try again.")
+    async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:
+        await report_error(interaction, error)
 
 
 def progress_view(job_id: str) -> discord.ui.View:

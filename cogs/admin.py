@@ -1,10 +1,10 @@
 """`/quota ...`: server admins decide who may make how many images per rolling 24 h.
 
 Who counts as an admin: members with Manage Server (or Administrator). The group carries
-`default_permissions(manage_guild=True)`, which only decides who *sees* the commands:
-a server owner can grant them to anyone under Server Settings -> Integrations. So every
-subcommand also checks the permission itself (`_refuse_non_admin`) before touching the
-store, and answers others with an ephemeral "you need Manage Server".
+`default_permissions(manage_guild=True)`, which only decides who *sees* the commands (a
+server owner can grant them to anyone under Server Settings -> Integrations), so the cog's
+`interaction_check` (`bot.permissions.require_admin`) checks the permission itself before
+any command runs, and refuses others through the one error handler.
 
 Zero versus unlimited, the one trap here: in the operator's settings DEFAULT_DAILY_QUOTA=0
 means unlimited, but on Discord `images:0` always means "may not make images" and
@@ -21,15 +21,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.app import ImagineBot
+from bot.errors import UserError
+from bot.permissions import member_role_ids, require_admin
 from bot.quotas import QuotaStatus
-from cogs.info import (
-    QUOTA_SOURCE_TEXT,
-    describe_limit,
-    format_quota_status,
-    is_admin,
-    member_role_ids,
-    services_of,
-)
+from cogs.info import QUOTA_SOURCE_TEXT, describe_limit, format_quota_status
 
 #: The largest number of images `/quota set` and `/quota default` accept: far beyond what
 #: one GPU makes in 24 h, so it never gets in the way, while keeping typos like
@@ -39,11 +35,6 @@ MAX_IMAGES = 100_000
 #: (a Discord message holds 2000 characters).
 SHOW_MAX_OVERRIDES = 25
 
-NOT_ADMIN_MESSAGE = (
-    "You need the **Manage Server** permission to change or view quotas. "
-    "Use `/usage` to see your own."
-)
-GUILD_ONLY_MESSAGE = "Quotas belong to a server: use `/quota` in a server channel."
 CHOOSE_ONE_MESSAGE = (
     "Say how many: `images:N` (0 = may not make images) or `unlimited:True`, one of the two."
 )
@@ -66,6 +57,12 @@ def chosen_limit(images: int | None, unlimited: bool) -> tuple[bool, int | None]
     return True, images
 
 
+def guild_id(interaction: discord.Interaction) -> int:
+    """The server an admin command runs in (`require_admin` refuses it anywhere else)."""
+    assert interaction.guild_id is not None, "require_admin lets no command run outside a server"
+    return interaction.guild_id
+
+
 def limit_with_source(status: QuotaStatus) -> str:
     """`5 images per 24 h (this server's default)`."""
     return f"{describe_limit(status.limit)} ({QUOTA_SOURCE_TEXT[status.source]})"
@@ -81,29 +78,16 @@ class Admin(commands.Cog):
         default_permissions=discord.Permissions(manage_guild=True),
     )
 
-    def __init__(self, bot: commands.Bot) -> None:
+    def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
 
-    @staticmethod
-    async def _refuse_non_admin(interaction: discord.Interaction) -> bool:
-        """Answer and return True unless the caller is an admin in a server.
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        # discord.py calls this before every app command of the cog (see the module doc).
+        return require_admin(interaction)
 
-        The bot's own check; see the module docstring for why `default_permissions`
-        is not enough.
-        """
-        if interaction.guild is None:
-            await interaction.response.send_message(GUILD_ONLY_MESSAGE, ephemeral=True)
-            return True
-        if not is_admin(interaction):
-            await interaction.response.send_message(NOT_ADMIN_MESSAGE, ephemeral=True)
-            return True
-        return False
-
-    @staticmethod
-    async def _status(interaction: discord.Interaction, member: discord.Member) -> QuotaStatus:
-        assert interaction.guild is not None
-        return await services_of(interaction).quotas.check(
-            interaction.guild.id, member.id, member_role_ids(member, interaction.guild)
+    async def _status(self, interaction: discord.Interaction, member: discord.Member) -> QuotaStatus:
+        return await self.bot.services.quotas.check(
+            interaction.guild_id, member.id, member_role_ids(member, interaction.guild_id)
         )
 
     # -------------------------------------------------------------- per member
@@ -121,16 +105,12 @@ class Admin(commands.Cog):
         images: Images | None = None,
         unlimited: bool = False,
     ) -> None:
-        if await self._refuse_non_admin(interaction):
-            return
         valid, limit = chosen_limit(images, unlimited)
         if not valid:
-            await interaction.response.send_message(CHOOSE_ONE_MESSAGE, ephemeral=True)
-            return
-        assert interaction.guild is not None
-        services = services_of(interaction)
+            raise UserError(CHOOSE_ONE_MESSAGE)
+        services = self.bot.services
         before = await self._status(interaction, member)
-        await services.store.set_quota_override(interaction.guild.id, member.id, limit)
+        await services.store.set_quota_override(guild_id(interaction), member.id, limit)
         after = await self._status(interaction, member)
         await interaction.response.send_message(
             f"{member.mention}'s quota is now **{describe_limit(limit)}**, their own "
@@ -146,11 +126,8 @@ class Admin(commands.Cog):
     )
     @app_commands.describe(member="Whose own limit to remove")
     async def reset(self, interaction: discord.Interaction, member: discord.Member) -> None:
-        if await self._refuse_non_admin(interaction):
-            return
-        assert interaction.guild is not None
-        services = services_of(interaction)
-        removed = await services.store.reset_quota_override(interaction.guild.id, member.id)
+        services = self.bot.services
+        removed = await services.store.reset_quota_override(guild_id(interaction), member.id)
         after = await self._status(interaction, member)
         if removed:
             text = f"Removed {member.mention}'s own quota; they now have {limit_with_source(after)}."
@@ -174,16 +151,12 @@ class Admin(commands.Cog):
         images: Images | None = None,
         unlimited: bool = False,
     ) -> None:
-        if await self._refuse_non_admin(interaction):
-            return
         valid, limit = chosen_limit(images, unlimited)
         if not valid:
-            await interaction.response.send_message(CHOOSE_ONE_MESSAGE, ephemeral=True)
-            return
-        assert interaction.guild is not None
-        store = services_of(interaction).store
-        before = await self._server_default_text(interaction)
-        await store.set_guild_default_quota(interaction.guild.id, limit)
+            raise UserError(CHOOSE_ONE_MESSAGE)
+        store = self.bot.services.store
+        before = await self._server_default_text(guild_id(interaction))
+        await store.set_guild_default_quota(guild_id(interaction), limit)
         await interaction.response.send_message(
             f"This server's default quota is now **{describe_limit(limit)}** (was {before}). "
             "Members with their own quota or an unlimited role keep theirs.",
@@ -194,11 +167,8 @@ class Admin(commands.Cog):
         name="reset-default", description="Go back to the bot's configured default limit on this server"
     )
     async def reset_default(self, interaction: discord.Interaction) -> None:
-        if await self._refuse_non_admin(interaction):
-            return
-        assert interaction.guild is not None
-        services = services_of(interaction)
-        removed = await services.store.reset_guild_default_quota(interaction.guild.id)
+        services = self.bot.services
+        removed = await services.store.reset_guild_default_quota(guild_id(interaction))
         configured = describe_limit(services.quotas.default_daily_quota)
         if removed:
             text = f"This server now uses the bot's default quota: **{configured}**."
@@ -218,12 +188,9 @@ class Admin(commands.Cog):
     ) -> None:
         # An explicit add/remove rather than a toggle: running the same command twice
         # must not silently undo the first.
-        if await self._refuse_non_admin(interaction):
-            return
-        assert interaction.guild is not None
-        store = services_of(interaction).store
+        store = self.bot.services.store
         if remove:
-            changed = await store.remove_unlimited_role(interaction.guild.id, role.id)
+            changed = await store.remove_unlimited_role(guild_id(interaction), role.id)
             text = (
                 f"{role.mention} is no longer unlimited; its members get the server default "
                 "(or their own quota)."
@@ -231,7 +198,7 @@ class Admin(commands.Cog):
                 else f"{role.mention} was not unlimited; nothing changed."
             )
         else:
-            changed = await store.add_unlimited_role(interaction.guild.id, role.id)
+            changed = await store.add_unlimited_role(guild_id(interaction), role.id)
             text = (
                 f"{role.mention} is now unlimited: its members may make any number of images, "
                 "except members with their own quota (`/quota set`), which still applies."
@@ -245,20 +212,17 @@ class Admin(commands.Cog):
     @quota.command(name="show", description="This server's quota settings, or one member's limit and usage")
     @app_commands.describe(member="Whose limit and usage to show (leave out for the server's settings)")
     async def show(self, interaction: discord.Interaction, member: discord.Member | None = None) -> None:
-        if await self._refuse_non_admin(interaction):
-            return
-        assert interaction.guild is not None
-        services = services_of(interaction)
+        services = self.bot.services
         if member is not None:
             status = await self._status(interaction, member)
             text = f"**{member.mention}**\n{format_quota_status(status, services.quotas.clock())}"
             await interaction.response.send_message(text, ephemeral=True)
             return
-        guild_id = interaction.guild.id
-        lines = [f"**Image quotas on this server**\nDefault: {await self._server_default_text(interaction)}."]
-        roles = await services.store.list_unlimited_roles(guild_id)
+        guild = guild_id(interaction)
+        lines = [f"**Image quotas on this server**\nDefault: {await self._server_default_text(guild)}."]
+        roles = await services.store.list_unlimited_roles(guild)
         lines.append("Unlimited roles: " + (", ".join(f"<@&{r}>" for r in roles) if roles else "none") + ".")
-        overrides = await services.store.list_quota_overrides(guild_id)
+        overrides = await services.store.list_quota_overrides(guild)
         if not overrides:
             lines.append("Members with their own quota: none.")
         else:
@@ -269,16 +233,14 @@ class Admin(commands.Cog):
                 lines.append(f"… and {len(overrides) - SHOW_MAX_OVERRIDES} more.")
         await interaction.response.send_message("\n".join(lines), ephemeral=True)
 
-    @staticmethod
-    async def _server_default_text(interaction: discord.Interaction) -> str:
+    async def _server_default_text(self, guild_id: int) -> str:
         """`10 images per 24 h, this server's own` or `..., the bot's default`."""
-        assert interaction.guild is not None
-        services = services_of(interaction)
-        own = await services.store.get_guild_default_quota(interaction.guild.id)
+        services = self.bot.services
+        own = await services.store.get_guild_default_quota(guild_id)
         if own is not None:
             return f"{describe_limit(own.limit)}, this server's own"
         return f"{describe_limit(services.quotas.default_daily_quota)}, the bot's default"
 
 
-async def setup(bot: commands.Bot) -> None:
+async def setup(bot: ImagineBot) -> None:
     await bot.add_cog(Admin(bot))

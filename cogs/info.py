@@ -7,9 +7,9 @@ The help text lives here as constants so that tests and README can quote the sam
 examples, and so the grammar stays described in one place on the Discord side
 (the grammar itself is `engine/prompts.py`).
 
-The small helpers below (`services_of`, `member_role_ids`, `is_admin`, the quota
-wording) are shared with `cogs/admin.py`, so `/usage` and `/quota show @user` describe a
-quota in exactly the same words.
+The quota wording below is shared with `cogs/admin.py`, so `/usage` and
+`/quota show @user` describe a quota in exactly the same words; times and ETAs come from
+`bot.render` and `bot.eta`, as in the job messages.
 """
 
 from __future__ import annotations
@@ -18,9 +18,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.app import ImagineBot
+from bot.eta import estimate, running_remaining, seconds_per_iteration
 from bot.jobs import Job
-from bot.quotas import QuotaSource, QuotaStatus, discord_relative_time, format_duration
-from bot.services import RunningJob, Services
+from bot.permissions import is_admin, member_role_ids
+from bot.quotas import QuotaSource, QuotaStatus
+from bot.render import discord_relative_time, format_duration, quoted
+from bot.services import Services
 
 HELP_TITLE = "How to ask for an image"
 HELP_DESCRIPTION = (
@@ -84,44 +88,7 @@ def help_embed(*, admin: bool = False) -> discord.Embed:
     return embed
 
 
-# ------------------------------------------------------------------ shared helpers
-
-
-def services_of(interaction: discord.Interaction) -> Services:
-    """The bot's services. Raises if the bot has none (a cog loaded outside `ImagineBot`),
-    which is a programming error, not something to explain to a user."""
-    services = getattr(interaction.client, "services", None)
-    if services is None:
-        raise RuntimeError("the bot's services are not open (is this cog loaded by ImagineBot?)")
-    return services
-
-
-def member_role_ids(user: discord.abc.User, guild: discord.Guild | None) -> list[int]:
-    """The role ids that matter for quotas: the member's roles plus @everyone.
-
-    @everyone (whose id is the guild's id) is included so that an admin can make the
-    whole server unlimited with `/quota unlimited @everyone`. Outside a guild: none.
-    """
-    if guild is None:
-        return []
-    ids = {guild.id}
-    if isinstance(user, discord.Member):
-        ids.update(role.id for role in user.roles)
-    return sorted(ids)
-
-
-def is_admin(interaction: discord.Interaction) -> bool:
-    """Does the invoking member have Manage Server (or Administrator) here?
-
-    Checked by the bot itself on every admin command: `default_permissions` only hides
-    the commands in the UI, and a server owner can grant them to anyone under
-    Server Settings -> Integrations. `interaction.permissions` is computed by Discord for
-    this member, so it needs no member cache.
-    """
-    if interaction.guild is None:
-        return False
-    permissions = interaction.permissions
-    return permissions.administrator or permissions.manage_guild
+# ------------------------------------------------------------------ quota wording
 
 
 def describe_limit(limit: int | None) -> str:
@@ -161,34 +128,13 @@ def format_quota_status(status: QuotaStatus, now: float) -> str:
     return "\n".join(lines)
 
 
-def prompt_preview(prompt: str) -> str:
-    """A prompt quoted safely: shortened, Markdown escaped (a prompt is user text)."""
-    if len(prompt) > PROMPT_PREVIEW_CHARS:
-        prompt = prompt[: PROMPT_PREVIEW_CHARS - 1].rstrip() + "…"
-    return f"“{discord.utils.escape_markdown(prompt)}”"
-
-
-def running_remaining_seconds(
-    running: RunningJob | None, seconds_per_iteration: float | None
-) -> float | None:
-    """Seconds left on the running job: measured on it once it reports progress, else
-    from the recent-jobs estimate; 0 when nothing runs; None when nothing is known."""
-    if running is None:
-        return 0.0
-    if running.remaining_seconds is not None:
-        return running.remaining_seconds
-    if seconds_per_iteration is None:
-        return None
-    return max(0, running.total - running.iteration) * seconds_per_iteration
-
-
 # ------------------------------------------------------------------ the cog
 
 
 class Info(commands.Cog):
     """Commands that explain the bot; they never queue work or use quota."""
 
-    def __init__(self, bot: commands.Bot) -> None:
+    def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
 
     @app_commands.command(name="help", description="How to write prompts: mixing, weights, editing")
@@ -201,18 +147,17 @@ class Info(commands.Cog):
         name="queue", description="Your place in the image queue, when it should start, and what is running"
     )
     async def queue(self, interaction: discord.Interaction) -> None:
-        services = services_of(interaction)
-        text = await queue_text(services, interaction.user.id)
+        text = await queue_text(self.bot.services, interaction.user.id)
         await interaction.response.send_message(text, ephemeral=True)
 
     @app_commands.command(
         name="usage", description="Your daily image quota here: used, left, and when the next one frees up"
     )
     async def usage(self, interaction: discord.Interaction) -> None:
-        services = services_of(interaction)
-        guild_id = interaction.guild.id if interaction.guild is not None else None
+        services = self.bot.services
+        guild_id = interaction.guild_id
         status = await services.quotas.check(
-            guild_id, interaction.user.id, member_role_ids(interaction.user, interaction.guild)
+            guild_id, interaction.user.id, member_role_ids(interaction.user, guild_id)
         )
         where = "on this server" if guild_id is not None else "in direct messages"
         text = (
@@ -234,11 +179,8 @@ async def queue_text(services: Services, user_id: int) -> str:
     """
     store, scheduler, running = services.store, services.scheduler, services.running
     now = store.clock()
-    seconds_per_iteration = await store.seconds_per_iteration_estimate()
-    if seconds_per_iteration is None and running is not None:
-        # No finished job yet (fresh install): the running one's own speed is the best guess.
-        seconds_per_iteration = running.seconds_per_iteration
-    running_left = running_remaining_seconds(running, seconds_per_iteration)
+    speed = await seconds_per_iteration(services)
+    running_left = running_remaining(running, speed)
     queued = scheduler.queued_jobs()
 
     if running is None and not queued:
@@ -251,7 +193,7 @@ async def queue_text(services: Services, user_id: int) -> str:
         own_job: Job | None = None
         if running.user_id == user_id:
             own_job = await store.get_job(running.job_id)
-        whose = f"your image {prompt_preview(own_job.prompt)}" if own_job else (
+        whose = f"your image {quoted(own_job.prompt, PROMPT_PREVIEW_CHARS)}" if own_job else (
             "your image" if running.user_id == user_id else "another member's image"
         )
         progress = f"{running.iteration}/{running.total} iterations"
@@ -267,19 +209,17 @@ async def queue_text(services: Services, user_id: int) -> str:
         return "\n".join(lines)
     lines.append("**Yours:**")
     for job in mine:
-        position = scheduler.position(job.id)
-        eta = None
-        if running_left is not None:
-            eta = scheduler.eta_seconds(job.id, seconds_per_iteration, running_left)
+        where = await estimate(services, job.id)
+        position, eta = where.position, where.starts_in
         if eta is None:
             when = "no time estimate yet (no image has finished yet)"
         elif eta < 1:
             when = "starts next"
         else:
             when = f"starts {discord_relative_time(now + eta)} (in about {format_duration(eta)})"
-        lines.append(f"#{position} {prompt_preview(job.prompt)} (job `{job.id}`): {when}")
+        lines.append(f"#{position} {quoted(job.prompt, PROMPT_PREVIEW_CHARS)} (job `{job.id}`): {when}")
     return "\n".join(lines)
 
 
-async def setup(bot: commands.Bot) -> None:
+async def setup(bot: ImagineBot) -> None:
     await bot.add_cog(Info(bot))

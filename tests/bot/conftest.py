@@ -19,6 +19,8 @@ import simcord
 
 from bot.app import ImagineBot
 from bot.config import SETTING_NAMES, Settings
+from bot.errors import UserError
+from bot.interactions import unwrap
 from bot.store import Store
 
 #: A token-shaped fake. SimCord never sends it anywhere; tests check it never leaks.
@@ -77,6 +79,20 @@ async def env(simcord_env: simcord.Env) -> AsyncIterator[simcord.Env]:
     worker thread complaining about a closed event loop in a later test)."""
     yield simcord_env
     await simcord_env.bot.close()
+    raise_unexpected_errors(simcord_env)
+
+
+def raise_unexpected_errors(env: simcord.Env) -> None:
+    """Fail the test with every error the bot raised except the `UserError`s it answered.
+
+    SimCord records every exception that reaches the command tree's error handler as a bot
+    failure. This bot sends its refusals (bad prompt, quota, not an admin) down that very
+    path on purpose, to its one handler, which answers them; those are acknowledged here.
+    Anything else, a bug, still fails the test that triggered it.
+    """
+    unexpected = [error for error in env.errors if not isinstance(unwrap(error), UserError)]
+    if unexpected:
+        raise ExceptionGroup(f"bot raised {len(unexpected)} unexpected error(s)", unexpected)
 
 
 def reply(result: simcord.InteractionResult) -> str:

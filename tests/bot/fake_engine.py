@@ -27,7 +27,7 @@ from PIL import Image
 from bot.app import ImagineBot
 from bot.config import Settings
 from engine import protocol
-from tests.bot.conftest import make_settings
+from tests.bot.conftest import make_settings, raise_unexpected_errors
 
 
 def jpeg_bytes(width: int = 32, height: int = 32, colour: tuple[int, int, int] = (200, 80, 40)) -> bytes:
@@ -267,7 +267,7 @@ async def running_world(
             await env.settle()
         await world.bot.close()
         await env.shutdown()
-    env.raise_errors()
+    raise_unexpected_errors(env)
 
 
 def png_file(name: str = "photo.png", width: int = 48, height: int = 32) -> tuple[str, bytes]:

@@ -18,7 +18,9 @@ import simcord
 
 from bot.__main__ import RedactingFormatter, models_to_download
 from bot.app import BOT_PERMISSIONS, COGS, ImagineBot, bot_intents, invite_url
+from bot.job_messages import JobMessages
 from bot.services import Services
+from bot.views import progress_view, result_view
 from cogs.info import HELP_TITLE
 from tests.bot.conftest import FAKE_TOKEN, clean_environ, make_settings
 
@@ -308,9 +310,11 @@ async def test_the_engine_process_does_not_inherit_the_discord_token(
 ) -> None:
     monkeypatch.setenv("DISCORD_TOKEN", FAKE_TOKEN)
     monkeypatch.setenv("SOME_OTHER_SETTING", "kept")
-    services = await Services.open(make_settings())
+    client = discord.Client(intents=discord.Intents.none())
+    messages = JobMessages(client, progress_view=progress_view, result_view=result_view)
+    services = await Services.open(make_settings(), messages=messages)
     try:
-        env = services.engine.env
+        env = services.engine.env  # type: ignore[attr-defined]  # the real EngineClient
         assert env is not None and "DISCORD_TOKEN" not in env
         assert env["SOME_OTHER_SETTING"] == "kept"
     finally:

@@ -4,6 +4,7 @@ message, the result, quotas and the queue."""
 from __future__ import annotations
 
 import io
+import os
 
 import pytest
 from PIL import Image
@@ -217,12 +218,20 @@ async def test_file_named_png_that_is_not_an_image_is_refused() -> None:
         await assert_nothing_queued(world)
 
 
-async def test_oversized_attachment_is_refused_before_downloading(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bot.attachments, "MAX_BYTES", 100)
-    async with running_world() as world:
-        result = await world.alice.slash(world.channel, "imagine", prompt="a cat", init_image=png_file())
+def noise_png(width: int, height: int) -> bytes:
+    """A PNG of random pixels: incompressible, so about 3 bytes per pixel on disk."""
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (width, height), os.urandom(width * height * 3)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+async def test_attachment_over_max_image_mb_is_refused_before_downloading() -> None:
+    big = noise_png(700, 600)
+    assert len(big) > 1024 * 1024
+    async with running_world(max_image_mb=1) as world:
+        result = await world.alice.slash(world.channel, "imagine", prompt="a cat", init_image=("big.png", big))
         text = text_of(result)
-        assert result.ephemeral and "the limit is" in text and "smaller" in text
+        assert result.ephemeral and "the limit is 1.0 MB" in text and "smaller" in text
         await assert_nothing_queued(world)
 
 
@@ -247,11 +256,11 @@ async def test_exhausted_quota_is_refused_and_nothing_is_queued() -> None:
 
 async def test_full_queue_is_refused_and_costs_no_quota() -> None:
     engine = FakeEngine(blocked=True)
-    async with running_world(engine, max_queued_per_user=1) as world:
+    async with running_world(engine, max_queued_per_user=2) as world:
         await world.alice.slash(world.channel, "imagine", prompt="running")  # held by the engine
         await world.alice.slash(world.channel, "imagine", prompt="waiting")
         result = await world.alice.slash(world.channel, "imagine", prompt="one too many")
-        assert result.ephemeral and "waiting in the queue" in text_of(result)
+        assert result.ephemeral and "waiting or running" in text_of(result)
         prompts = [j.prompt for j in await world.services.store.jobs_with_status()]
         assert prompts == ["running", "waiting"]
         status = await world.services.quotas.check(world.guild.id, world.alice.id)

@@ -20,8 +20,9 @@ def test_progress_bar_fills_with_the_fraction_done() -> None:
     assert render.progress_bar(12, 10, width=10) == "█" * 10 + " 100%"
 
 
-@pytest.mark.parametrize(("seconds", "text"), [(0.2, "1 s"), (44.1, "45 s"), (61, "2 min"),
-                                               (3600, "1 h"), (3700, "1 h 2 min")])
+@pytest.mark.parametrize(("seconds", "text"), [(0, "1 s"), (0.2, "1 s"), (44.1, "45 s"), (61, "2 min"),
+                                               (59 * 60, "59 min"), (3600, "1 h"), (3700, "1 h 2 min"),
+                                               (3 * 3600 + 11 * 60 + 1, "3 h 12 min")])
 def test_format_duration_is_coarse_and_never_promises_early(seconds: float, text: str) -> None:
     assert render.format_duration(seconds) == text
 

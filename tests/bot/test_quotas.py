@@ -14,7 +14,6 @@ from bot.quotas import (
     QuotaSource,
     QuotaStatus,
     exceeded_message,
-    format_duration,
 )
 from bot.store import Store
 from tests.bot.conftest import FakeClock
@@ -144,14 +143,6 @@ async def test_limit_zero_means_no_images_at_all(policy: QuotaPolicy, store: Sto
     assert (status.limit, status.remaining, status.allowed) == (0, 0, False)
     with pytest.raises(QuotaExceeded, match="quota is 0"):
         await policy.require(GUILD, ALICE, [])
-
-
-def test_format_duration_rounds_up_to_the_minute() -> None:
-    assert format_duration(3 * HOUR + 11 * 60 + 1) == "3 h 12 min"
-    assert format_duration(2 * HOUR) == "2 h"
-    assert format_duration(59 * 60) == "59 min"
-    assert format_duration(5) == "1 min"
-    assert format_duration(0) == "1 min"
 
 
 def test_exceeded_message_uses_singular_for_a_limit_of_one() -> None:

@@ -1,0 +1,41 @@
+"""Cancelling a job, wherever it is: waiting in the queue, between the queue and the
+engine, or computing. Used by the Cancel button; the caller has checked the clicker may.
+
+The job runner and this module share the state a cancel needs through `Services`: the
+queue, and `services.running` (the job that left the queue, with `submitted` once the
+engine has it). A waiting job ends here at once; a running one is marked, the engine is
+asked to stop it if it has it, and the runner ends it when the engine says so (or,
+before submitting, when it sees the mark).
+"""
+
+from __future__ import annotations
+
+from bot.services import Services
+from bot.store import JobStateError
+
+
+async def cancel_job(services: Services, job_id: str, *, by_user_id: int | None = None) -> str:
+    """Cancel a queued or running job; returns what to tell the person who asked."""
+    if services.scheduler.remove(job_id) is not None:
+        try:
+            job = await services.store.mark_cancelled(job_id)
+        except JobStateError as error:
+            return f"Job `{job_id}` could not be cancelled: it is {error.current.value}."
+        await services.messages.cancelled(job, by_user_id)
+        return f"Cancelled job `{job_id}` before it started. It was not charged."
+    running = services.running
+    if running is not None and running.job_id == job_id:
+        running.cancel_requested = True
+        running.cancelled_by = by_user_id
+        if running.submitted:
+            await services.engine.cancel(job_id)
+        return f"Stopping job `{job_id}`… It will not be charged."
+    job = await services.store.get_job(job_id)
+    if job is None:
+        return f"I have no record of job `{job_id}`."
+    if job.status.is_finished:
+        return f"Job `{job_id}` has already {job.status.value}."
+    # Queued in the store but in no queue (should not happen): settle it.
+    job = await services.store.mark_cancelled(job_id)
+    await services.messages.cancelled(job, by_user_id)
+    return f"Cancelled job `{job_id}`. It was not charged."

@@ -1,0 +1,192 @@
+"""A user's request as the bot understands it, and the checks that need no Discord call.
+
+Every way of asking (`/imagine`, `/edit`, the "Edit image" menu and modal, the Reroll and
+Edit buttons) builds a `JobRequest` with these functions, so they all refuse bad input
+the same way, before anything is stored, queued or charged. Each refusal is a
+`RequestRejected`, whose text the one error handler shows to the user as is.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bot.attachments import CheckedImage
+from bot.config import MIN_SIDE, SIZE_MULTIPLE, Settings
+from bot.errors import UserError
+from bot.jobs import Job, JobKind
+from engine.errors import EngineError, PromptError
+from engine.limits import check_seed
+from engine.prompts import TextPrompt, parse_prompt
+
+#: Longest source phrase for a masked edit (`replace:`).
+MAX_REPLACE_CHARS = 100
+#: Size shapes offered by `/imagine size:`; the aspect ratio is width / height.
+SHAPES: dict[str, float] = {
+    "square": 1.0,
+    "portrait": 3 / 4,
+    "landscape": 4 / 3,
+    "wide": 16 / 9,
+    "tall": 9 / 16,
+}
+
+
+class RequestRejected(UserError):
+    """A request refused before anything was queued; `str(e)` tells the user the fix."""
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """An image already on disk under RESULTS_DIR (a previous result or input)."""
+
+    path: str  # relative to RESULTS_DIR
+
+
+InputImage = StoredImage | CheckedImage
+
+
+@dataclass
+class JobRequest:
+    """Everything one job needs, validated except for the queue and quota checks."""
+
+    kind: JobKind
+    prompt: str
+    width: int
+    height: int
+    iterations: int
+    seed: int | None = None
+    init_image: InputImage | None = None
+    image_prompt: InputImage | None = None
+    replace: str | None = None
+    parent_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_prompt(prompt: str) -> list[TextPrompt]:
+    """Parse with the engine's grammar; a `PromptError` becomes a refusal with the fix."""
+    try:
+        return parse_prompt(prompt)
+    except PromptError as error:
+        raise RequestRejected(
+            f"Your prompt can't be used: {error}.\n"
+            "Examples: `a forest rendered in low poly`, `a watercolor painting + a baseball "
+            "game`, `a lighthouse:2 + fog`, `a city street + cars:-1`. See `/help`."
+        ) from None
+
+
+def validate_replace(replace: str | None) -> str | None:
+    """The source phrase of a masked edit: plain text, no grammar (it names what to change)."""
+    if replace is None or replace == "":
+        return None
+    text = " ".join(replace.split())
+    if not text:
+        raise RequestRejected(
+            "`replace` is only spaces. Name the thing to change (e.g. `replace:flowers`), or "
+            "leave `replace` out to edit the whole image."
+        )
+    if len(text) > MAX_REPLACE_CHARS:
+        raise RequestRejected(
+            f"`replace` is {len(text)} characters; keep it under {MAX_REPLACE_CHARS}: name the "
+            "thing to change, e.g. `replace:flowers`."
+        )
+    return text
+
+
+def validate_iterations(settings: Settings, iterations: int | None) -> int:
+    if iterations is None:
+        return settings.default_iterations
+    if iterations < 1 or iterations > settings.max_iterations:
+        raise RequestRejected(
+            f"`iterations` must be between 1 and {settings.max_iterations} on this server "
+            f"(you asked for {iterations}). Leave it out for the default of "
+            f"{settings.default_iterations}."
+        )
+    return iterations
+
+
+def _round_down(value: float) -> int:
+    return max(MIN_SIDE, int(value // SIZE_MULTIPLE) * SIZE_MULTIPLE)
+
+
+def shape_size(settings: Settings, shape: str | None) -> tuple[int, int]:
+    """The pixel size of a shape: about as many pixels as DEFAULT_SIZE, never above MAX_SIZE
+    in either side, both sides multiples of 16 (the VQGAN block size).
+
+    No shape means exactly DEFAULT_SIZE.
+    """
+    if shape is None:
+        return settings.default_size
+    aspect = SHAPES[shape]
+    default_w, default_h = settings.default_size
+    max_w, max_h = settings.max_size
+    area = default_w * default_h
+    height = math.sqrt(area / aspect)
+    width = aspect * height
+    scale = min(1.0, max_w / width, max_h / height)
+    return min(max_w, _round_down(width * scale)), min(max_h, _round_down(height * scale))
+
+
+def fit_size(settings: Settings, width: int, height: int) -> tuple[int, int]:
+    """The working size for editing a `width`×`height` image: its aspect ratio, about as
+    many pixels as DEFAULT_SIZE (never more than the image has), within MAX_SIZE."""
+    aspect = max(0.25, min(4.0, width / max(1, height)))
+    default_w, default_h = settings.default_size
+    max_w, max_h = settings.max_size
+    area = min(default_w * default_h, max(width * height, MIN_SIDE * MIN_SIDE))
+    new_h = math.sqrt(area / aspect)
+    new_w = aspect * new_h
+    scale = min(1.0, max_w / new_w, max_h / new_h)
+    return min(max_w, _round_down(new_w * scale)), min(max_h, _round_down(new_h * scale))
+
+
+def job_size(settings: Settings, job: Job) -> tuple[int, int]:
+    """The size a stored job asked for (`width`/`height` in its params); DEFAULT_SIZE for
+    a side its params lack."""
+    return (int(job.params.get("width") or settings.default_size[0]),
+            int(job.params.get("height") or settings.default_size[1]))
+
+
+def validate_seed(seed: int | None) -> int | None:
+    """The engine's seed range (`engine.limits`), the one the CLI uses too."""
+    if seed is None:
+        return None
+    try:
+        return check_seed(seed)
+    except EngineError as error:
+        raise RequestRejected(f"That seed can't be used: {error}. Leave it out for a random one.") from None
+
+
+def stored_input(results_dir: Path, path: str | None) -> StoredImage | None:
+    """A stored image that is still on disk (None for no image), else `RequestRejected`."""
+    if path is None:
+        return None
+    if not os.path.isfile(results_dir / path):
+        raise RequestRejected(
+            "The image this job started from is no longer on the bot's disk; attach it again "
+            "with `/edit` or the **Edit image** context menu."
+        )
+    return StoredImage(path)
+
+
+def reroll_request(settings: Settings, results_dir: Path, job: Job) -> JobRequest:
+    """Same prompt and parameters as `job`, a new seed."""
+    params = job.params
+    width, height = job_size(settings, job)
+    return JobRequest(
+        kind=JobKind.REROLL,
+        prompt=job.prompt,
+        width=width,
+        height=height,
+        iterations=min(job.iterations, settings.max_iterations),
+        seed=None,
+        init_image=stored_input(results_dir, job.input_path),
+        image_prompt=stored_input(results_dir, params.get("image_prompt_path")),
+        replace=params.get("replace"),
+        parent_id=job.id,
+    )
