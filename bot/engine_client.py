@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bot.config import Settings
 from engine import protocol as p
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def worker_command(
     vqgan_config: Path | str | None = None,
     vqgan_checkpoint: Path | str | None = None,
     log_level: str | None = None,
+    max_image_bytes: int | None = None,
     python: str = sys.executable,
 ) -> list[str]:
     """The command line that runs the worker with this Python: `python -m engine worker ...`.
@@ -86,18 +88,21 @@ def worker_command(
     command.append("worker")
     for flag, value in (("--vqgan", vqgan), ("--clip", clip), ("--model-dir", model_dir),
                         ("--device", device), ("--vqgan-config", vqgan_config),
-                        ("--vqgan-checkpoint", vqgan_checkpoint)):
+                        ("--vqgan-checkpoint", vqgan_checkpoint),
+                        ("--max-image-bytes", max_image_bytes)):
         if value is not None:
             command += [flag, str(value)]
     return command
 
 
-def worker_command_for(settings: Any) -> list[str]:
-    """`worker_command` from the bot's `Settings` (duck-typed: the fields of bot.config)."""
+def worker_command_for(settings: Settings) -> list[str]:
+    """`worker_command` from the bot's `Settings`."""
     return worker_command(
         vqgan=settings.vqgan_model, clip=settings.clip_model, model_dir=settings.model_dir,
         device=settings.device, vqgan_config=settings.vqgan_config,
         vqgan_checkpoint=settings.vqgan_checkpoint, log_level=settings.log_level,
+        # The bot checked uploads against the same limit: the engine refuses nothing it queued.
+        max_image_bytes=settings.max_image_bytes,
     )
 
 

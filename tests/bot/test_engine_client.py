@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -30,6 +31,7 @@ from bot.engine_client import (
     worker_command_for,
 )
 from engine import protocol as p
+from tests.bot.conftest import make_settings
 
 #: The async tests share the module's event loop, so they can share one real worker.
 module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -313,16 +315,12 @@ async def test_worker_that_cannot_load_its_models_raises_with_the_engine_message
 # -- command line and import hygiene -------------------------------------------------------------
 
 
-def test_worker_command_runs_this_python_with_the_settings_models():
-    class Settings:
-        vqgan_model = "vqgan_imagenet_f16_16384"; clip_model = "ViT-B/32"
-        model_dir = "/models"; device = "cuda"; vqgan_config = None
-        vqgan_checkpoint = None; log_level = "INFO"
-
-    assert worker_command_for(Settings()) == [
+def test_worker_command_runs_this_python_with_the_settings_models_and_image_limit():
+    settings = make_settings(model_dir=Path("/models"), device="cuda", max_image_mb=2)
+    assert worker_command_for(settings) == [
         sys.executable, "-m", "engine", "--log-level", "INFO", "worker",
         "--vqgan", "vqgan_imagenet_f16_16384", "--clip", "ViT-B/32", "--model-dir", "/models",
-        "--device", "cuda"]
+        "--device", "cuda", "--max-image-bytes", str(2 * 1024 * 1024)]
 
 
 def test_importing_the_client_does_not_import_torch():
