@@ -35,6 +35,7 @@ import discord
 from PIL import ExifTags, Image, ImageFile
 
 from bot.errors import UserError
+from bot.render import quoted, user_text
 from engine.limits import DEFAULT_MAX_IMAGE_BYTES
 
 #: Formats the engine decodes, by Pillow format name -> file extension used on disk.
@@ -72,21 +73,27 @@ class CheckedImage:
     height: int
 
 
+def shown_name(filename: str | None) -> str:
+    """A file name as messages show it: quoted, shortened, and unable to ping anyone or
+    break the layout (it is text the user chose)."""
+    return quoted(filename, 80) if filename else "the file"
+
+
 def _megabytes(size: int) -> str:
     return f"{size / (1024 * 1024):.1f} MB"
 
 
 def _too_large(name: str, size: int, max_bytes: int) -> AttachmentError:
     return AttachmentError(
-        f"`{name}` is {_megabytes(size)}; the limit is {_megabytes(max_bytes)}. "
+        f"{name} is {_megabytes(size)}; the limit is {_megabytes(max_bytes)}. "
         "Save it smaller (e.g. as a JPEG, or scaled down) and attach it again."
     )
 
 
 def check_metadata(attachment: discord.Attachment, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> None:
     """The checks that need no download: type, byte size and (when known) pixel count."""
-    name = attachment.filename or "the file"
-    extension = PurePosixPath(name.lower()).suffix
+    name = shown_name(attachment.filename)
+    extension = PurePosixPath((attachment.filename or "").lower()).suffix
     content_type = (attachment.content_type or "").split(";")[0].strip().lower()
     if content_type:
         is_image = content_type in ALLOWED_CONTENT_TYPES
@@ -94,7 +101,7 @@ def check_metadata(attachment: discord.Attachment, *, max_bytes: int = DEFAULT_M
         is_image = extension in ALLOWED_EXTENSIONS
     if not is_image:
         raise AttachmentError(
-            f"`{name}` is not an image I can use ({content_type or 'unknown type'}). "
+            f"{name} is not an image I can use ({user_text(content_type or 'unknown type', 60)}). "
             f"Attach a {_FORMATS_TEXT} picture instead."
         )
     if attachment.size > max_bytes:
@@ -107,14 +114,14 @@ def check_metadata(attachment: discord.Attachment, *, max_bytes: int = DEFAULT_M
 def _too_many_pixels(name: str, width: int, height: int) -> str:
     side = int(MAX_PIXELS ** 0.5)
     return (
-        f"`{name}` is {width}×{height} pixels; the limit is {MAX_PIXELS:,} pixels "
+        f"{name} is {width}×{height} pixels; the limit is {MAX_PIXELS:,} pixels "
         f"(e.g. {side}×{side}). Scale it down and attach it again."
     )
 
 
 def _unreadable(name: str) -> AttachmentError:
     return AttachmentError(
-        f"`{name}` could not be read as an image (it may be damaged or not a picture). "
+        f"{name} could not be read as an image (it may be damaged or not a picture). "
         f"Attach a {_FORMATS_TEXT} file."
     )
 
@@ -143,7 +150,7 @@ def _strict_decoding() -> Iterator[None]:
 
 
 def check_bytes(
-    data: bytes, name: str = "the file", *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    data: bytes, name: str | None = None, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
 ) -> CheckedImage:
     """Check byte size, format and pixel count from the header, then decode the image.
 
@@ -152,6 +159,7 @@ def check_bytes(
     that one. Blocking (up to a few hundred ms for the largest images): from async code
     use `fetch_image`, which runs it in a thread.
     """
+    name = shown_name(name)
     if len(data) > max_bytes:
         raise _too_large(name, len(data), max_bytes)
     with _strict_decoding():
@@ -159,7 +167,7 @@ def check_bytes(
             image = Image.open(io.BytesIO(data))  # reads the header only
         except Image.DecompressionBombError:
             raise AttachmentError(
-                f"`{name}` has far too many pixels; the limit is {MAX_PIXELS:,}. Scale it down."
+                f"{name} has far too many pixels; the limit is {MAX_PIXELS:,}. Scale it down."
             ) from None
         except Exception:  # Pillow raises many kinds for garbage input; all mean "not an image"
             raise _unreadable(name) from None
@@ -168,7 +176,7 @@ def check_bytes(
             extension = ALLOWED_FORMATS.get(image_format)
             if extension is None:
                 raise AttachmentError(
-                    f"`{name}` is a {image_format or 'unknown'} image; I can use {_FORMATS_TEXT}. "
+                    f"{name} is a {image_format or 'unknown'} image; I can use {_FORMATS_TEXT}. "
                     "Convert it and attach it again."
                 )
             width, height = image.size
@@ -196,7 +204,7 @@ async def fetch_image(
         data = await attachment.read()
     except (discord.HTTPException, discord.NotFound) as error:
         raise AttachmentError(
-            f"`{attachment.filename}` could not be downloaded from Discord ({error.__class__.__name__}). "
+            f"{shown_name(attachment.filename)} could not be downloaded from Discord ({error.__class__.__name__}). "
             "Attach it again."
         ) from None
     # Decoding the largest images takes a few hundred ms: not on the loop every command shares.

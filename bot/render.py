@@ -199,7 +199,9 @@ def not_charged(message: str) -> str:
 
 def failed_embed(job: Job, message: str) -> discord.Embed:
     embed = _base_embed(job, COLOUR_FAILED)
-    embed.description = f"{describe_kind(job)} for <@{job.user_id}>\n**Failed:** {not_charged(message)}"
+    # The engine's message may quote the prompt: shown as text, like every user text.
+    embed.description = (f"{describe_kind(job)} for <@{job.user_id}>\n"
+                         f"**Failed:** {user_text(not_charged(message), 1000)}")
     return embed
 
 

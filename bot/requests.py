@@ -18,6 +18,7 @@ from bot.attachments import CheckedImage
 from bot.config import MIN_SIDE, SIZE_MULTIPLE, Settings
 from bot.errors import UserError
 from bot.jobs import Job, JobKind
+from bot.render import user_text
 from engine.errors import EngineError, PromptError
 from engine.limits import check_seed
 from engine.prompts import TextPrompt, parse_prompt
@@ -74,7 +75,7 @@ def validate_prompt(prompt: str) -> list[TextPrompt]:
         return parse_prompt(prompt)
     except PromptError as error:
         raise RequestRejected(
-            f"Your prompt can't be used: {error}.\n"
+            f"Your prompt can't be used: {user_text(str(error))}.\n"
             "Examples: `a forest rendered in low poly`, `a watercolor painting + a baseball "
             "game`, `a lighthouse:2 + fog`, `a city street + cars:-1`. See `/help`."
         ) from None
