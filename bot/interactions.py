@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 
 #: The answer to an unexpected error (a bug); `{ref}` is also in the log with the traceback.
 APOLOGY = (
-    "Sorry, something went wrong on my side. Nothing was queued and you were not charged; "
-    "please try again. If it keeps happening, tell the server admin the reference `{ref}`."
+    "Sorry, something went wrong on my side; please try again. If it keeps happening, "
+    "tell the server admin the reference `{ref}`."
 )
 
 

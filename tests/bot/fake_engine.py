@@ -208,6 +208,8 @@ class World:
     bob: Any
     mod: Any
     engines: list[FakeEngine] = field(default_factory=list)
+    #: SimCord's error cursor up to which a test has checked the bot's errors itself.
+    errors_seen: int = 0
 
     @property
     def bot(self) -> ImagineBot:
@@ -267,7 +269,7 @@ async def running_world(
             await env.settle()
         await world.bot.close()
         await env.shutdown()
-    raise_unexpected_errors(env)
+    raise_unexpected_errors(env, since=world.errors_seen)
 
 
 def png_file(name: str = "photo.png", width: int = 48, height: int = 32) -> tuple[str, bytes]:

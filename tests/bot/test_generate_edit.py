@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
+from PIL import Image
 
 from bot.jobs import JobKind, JobStatus
 from tests.bot.fake_engine import FakeEngine, World, png_bytes, png_file, running_world, text_of
@@ -109,6 +112,42 @@ async def test_edit_with_a_non_image_attachment_is_refused() -> None:
 
 
 # --- the context menu ----------------------------------------------------------------------
+
+
+def truncated_png(width: int = 48, height: int = 32) -> bytes:
+    """A PNG whose header is sound and whose pixel data stops half way."""
+    data = png_bytes(width, height)
+    return data[: len(data) // 2]
+
+
+def upright_photo_jpeg(stored: tuple[int, int], orientation: int) -> bytes:
+    """A JPEG stored `stored` (w, h) with an EXIF orientation, as phone cameras write it."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.new("RGB", stored, (90, 140, 200)).save(buffer, "JPEG", exif=exif)
+    return buffer.getvalue()
+
+
+async def test_edit_with_a_truncated_png_is_refused_privately_and_costs_nothing() -> None:
+    async with running_world() as world:
+        result = await world.alice.slash(world.channel, "edit", prompt="snow",
+                                         image=("cut.png", truncated_png()))
+        assert result.ephemeral and "could not be read as an image" in text_of(result)
+        assert await jobs(world) == [] and world.engine.submits == [] and world.bot_messages() == []
+        assert not (world.services.results_dir / "inputs").exists()
+        status = await world.services.quotas.check(world.guild.id, world.alice.id)
+        assert status.used == 0
+
+
+async def test_edit_of_an_upright_phone_photo_gets_an_upright_size() -> None:
+    # Stored 400x300 (landscape) with orientation 6: the picture is 300x400, portrait.
+    async with running_world(default_size=(256, 256), max_size=(512, 512)) as world:
+        await world.alice.slash(world.channel, "edit", prompt="snow",
+                                image=("phone.jpg", upright_photo_jpeg((400, 300), 6)))
+        (submit,) = world.engine.submits
+        assert submit.height > submit.width
+        assert abs(submit.width / submit.height - 300 / 400) < 0.1
 
 
 async def test_context_menu_opens_a_modal_and_queues_an_edit_of_that_image() -> None:
