@@ -30,12 +30,12 @@ async def cancel_job(services: Services, job_id: str, *, by_user_id: int | None 
         if running.submitted:
             await services.engine.cancel(job_id)
         return f"Stopping job `{job_id}`… It will not be charged."
-    job = await services.store.get_job(job_id)
-    if job is None:
+    stored = await services.store.get_job(job_id)
+    if stored is None:
         return f"I have no record of job `{job_id}`."
-    if job.status.is_finished:
-        return f"Job `{job_id}` has already {job.status.value}."
+    if stored.status.is_finished:
+        return f"Job `{job_id}` has already {stored.status.value}."
     # Queued in the store but in no queue (should not happen): settle it.
-    job = await services.store.mark_cancelled(job_id)
-    await services.messages.cancelled(job, by_user_id)
+    cancelled = await services.store.mark_cancelled(job_id)
+    await services.messages.cancelled(cancelled, by_user_id)
     return f"Cancelled job `{job_id}`. It was not charged."

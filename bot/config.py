@@ -38,7 +38,9 @@ TOKEN_HELP = (
 #: The placeholder value in config.example.env; a token equal to it was never filled in.
 TOKEN_PLACEHOLDER = "paste-your-bot-token-here"
 
-DEVICES = ("auto", "cuda", "cpu")
+Device = Literal["auto", "cuda", "cpu"]
+_DEVICE_NAMES: dict[str, Device] = {"auto": "auto", "cuda": "cuda", "cpu": "cpu"}
+DEVICES = tuple(_DEVICE_NAMES)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: Every size must be a multiple of this: the VQGAN downsampling factor (16 for the f16
 #: models; the f8 models need 8, which 16 satisfies).
@@ -103,7 +105,7 @@ class Settings:
     vqgan_checkpoint: Path | None = None
     clip_model: str = DEFAULTS["CLIP_MODEL"]
     model_dir: Path = Path(DEFAULTS["MODEL_DIR"])
-    device: Literal["auto", "cuda", "cpu"] = "auto"
+    device: Device = "auto"
     database_path: Path = Path(DEFAULTS["DATABASE_PATH"])
     results_dir: Path = Path(DEFAULTS["RESULTS_DIR"])
     default_size: tuple[int, int] = (512, 512)  # (width, height)
@@ -197,41 +199,43 @@ def load_settings(
 
     parser = _Parser(raw_value, problems)
     token = parser.token()
-    settings_kwargs = dict(
-        dev_guild_id=parser.optional_snowflake("DEV_GUILD_ID"),
-        vqgan_model=parser.model_name("VQGAN_MODEL"),
-        clip_model=parser.text("CLIP_MODEL"),
-        model_dir=parser.directory("MODEL_DIR"),
-        device=parser.choice("DEVICE", DEVICES, lower=True),
-        database_path=parser.file_path("DATABASE_PATH"),
-        results_dir=parser.directory("RESULTS_DIR"),
-        default_size=parser.size("DEFAULT_SIZE"),
-        max_size=parser.size("MAX_SIZE"),
-        default_iterations=parser.integer("DEFAULT_ITERATIONS", minimum=1),
-        max_iterations=parser.integer("MAX_ITERATIONS", minimum=1),
-        default_cutn=parser.integer("DEFAULT_CUTN", minimum=1),
-        max_cutn=parser.integer("MAX_CUTN", minimum=1),
-        progress_interval=parser.number("PROGRESS_INTERVAL", minimum=1.0),
-        default_daily_quota=parser.integer("DEFAULT_DAILY_QUOTA", minimum=0),
-        max_queued_per_user=parser.integer("MAX_QUEUED_PER_USER", minimum=1),
-        max_image_mb=parser.integer("MAX_IMAGE_MB", minimum=1, maximum=MAX_IMAGE_MB),
-        log_level=parser.choice("LOG_LEVEL", LOG_LEVELS, lower=False),
-        auto_download=parser.boolean("AUTO_DOWNLOAD"),
-    )
+    dev_guild_id = parser.optional_snowflake("DEV_GUILD_ID")
+    vqgan_model = parser.model_name("VQGAN_MODEL")
+    clip_model = parser.text("CLIP_MODEL")
+    model_dir = parser.directory("MODEL_DIR")
+    device = parser.device("DEVICE")
+    database_path = parser.file_path("DATABASE_PATH")
+    results_dir = parser.directory("RESULTS_DIR")
+    default_size, max_size = parser.size("DEFAULT_SIZE"), parser.size("MAX_SIZE")
+    default_iterations = parser.integer("DEFAULT_ITERATIONS", minimum=1)
+    max_iterations = parser.integer("MAX_ITERATIONS", minimum=1)
+    default_cutn = parser.integer("DEFAULT_CUTN", minimum=1)
+    max_cutn = parser.integer("MAX_CUTN", minimum=1)
+    progress_interval = parser.number("PROGRESS_INTERVAL", minimum=1.0)
+    default_daily_quota = parser.integer("DEFAULT_DAILY_QUOTA", minimum=0)
+    max_queued_per_user = parser.integer("MAX_QUEUED_PER_USER", minimum=1)
+    max_image_mb = parser.integer("MAX_IMAGE_MB", minimum=1, maximum=MAX_IMAGE_MB)
+    log_level = parser.choice("LOG_LEVEL", LOG_LEVELS, lower=False)
+    auto_download = parser.boolean("AUTO_DOWNLOAD")
     vqgan_config, vqgan_checkpoint = parser.vqgan_files()
-    parser.clip_path(settings_kwargs["clip_model"], settings_kwargs["model_dir"])  # type: ignore[arg-type]
-    parser.not_above("DEFAULT_ITERATIONS", "MAX_ITERATIONS", settings_kwargs)
-    parser.not_above("DEFAULT_CUTN", "MAX_CUTN", settings_kwargs)
-    parser.size_not_above(settings_kwargs)
+    parser.clip_path(clip_model, model_dir)
+    parser.not_above("DEFAULT_ITERATIONS", default_iterations, "MAX_ITERATIONS", max_iterations)
+    parser.not_above("DEFAULT_CUTN", default_cutn, "MAX_CUTN", max_cutn)
+    parser.size_not_above(default_size, max_size)
+    settings = Settings(
+        discord_token=token, dev_guild_id=dev_guild_id, vqgan_model=vqgan_model,
+        vqgan_config=vqgan_config, vqgan_checkpoint=vqgan_checkpoint, clip_model=clip_model,
+        model_dir=model_dir, device=device, database_path=database_path, results_dir=results_dir,
+        default_size=default_size, max_size=max_size, default_iterations=default_iterations,
+        max_iterations=max_iterations, default_cutn=default_cutn, max_cutn=max_cutn,
+        progress_interval=progress_interval, default_daily_quota=default_daily_quota,
+        max_queued_per_user=max_queued_per_user, max_image_mb=max_image_mb,
+        log_level=log_level, auto_download=auto_download,
+    )
 
     if problems:
         raise ConfigError(_redact(problems, token))
-    return Settings(
-        discord_token=token,
-        vqgan_config=vqgan_config,
-        vqgan_checkpoint=vqgan_checkpoint,
-        **settings_kwargs,  # type: ignore[arg-type]
-    )
+    return settings
 
 
 def _redact(problems: list[str], token: str) -> list[str]:
@@ -365,6 +369,9 @@ class _Parser:
         self._fail(name, f"{value!r} is not true or false; set {name}=true or {name}=false")
         return DEFAULTS[name] in _TRUE
 
+    def device(self, name: str) -> Device:
+        return _DEVICE_NAMES[self.choice(name, DEVICES, lower=True)]
+
     def choice(self, name: str, options: tuple[str, ...], *, lower: bool) -> str:
         value = self._value(name)
         value = value.lower() if lower else value.upper()
@@ -451,17 +458,16 @@ class _Parser:
             f"model name such as {DEFAULTS['CLIP_MODEL']} or the path of an existing .pt file",
         )
 
-    def not_above(self, low: str, high: str, parsed: dict[str, object]) -> None:
+    def not_above(self, low: str, low_value: int, high: str, high_value: int) -> None:
         if low in self._failed or high in self._failed:
             return
-        low_value, high_value = parsed[low.lower()], parsed[high.lower()]
-        if low_value > high_value:  # type: ignore[operator]
+        if low_value > high_value:
             self._fail(low, f"{low_value} is above {high}={high_value}; lower {low} or raise {high}")
 
-    def size_not_above(self, parsed: dict[str, object]) -> None:
+    def size_not_above(self, default: tuple[int, int], maximum: tuple[int, int]) -> None:
         if "DEFAULT_SIZE" in self._failed or "MAX_SIZE" in self._failed:
             return
-        (dw, dh), (mw, mh) = parsed["default_size"], parsed["max_size"]  # type: ignore[misc]
+        (dw, dh), (mw, mh) = default, maximum
         if dw > mw or dh > mh:
             self._fail(
                 "DEFAULT_SIZE",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Mapping
 
 import discord
 from discord import app_commands
@@ -80,7 +81,7 @@ def _describe(interaction: discord.Interaction) -> str:
     command = interaction.command
     if command is not None:
         return f"/{command.qualified_name}"
-    data = interaction.data or {}
+    data: Mapping[str, object] = interaction.data or {}
     custom_id = data.get("custom_id")
     return f"component {custom_id}" if custom_id else f"interaction type {interaction.type}"
 

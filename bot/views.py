@@ -12,6 +12,7 @@ each click is run through the one error handler here (`_JobButton.callback`).
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, ClassVar, Self
 
 import discord
@@ -67,8 +68,8 @@ class _JobButton:
         self.job_id = job_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
-                             match: Any) -> Self:
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str], /) -> Self:
         return cls(match["job_id"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
@@ -129,6 +130,7 @@ class EditButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], template
         if job.status is not JobStatus.DONE or not job.result_path:
             raise UserError(f"Job `{job.id}` has no finished image to edit.")
         source = stored_input(services.results_dir, job.result_path)
+        assert source is not None, "a path in, an image out"
         await interaction.response.send_modal(
             EditModal(source=source, size=job_size(services.settings, job), parent_id=job.id)
         )
@@ -176,7 +178,8 @@ class EditModal(discord.ui.Modal, title="Edit image"):
             iterations=iterations, init_image=source, replace=replace, parent_id=self.parent_id,
         ))
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:
+    # discord.py's own Modal.on_error has this signature; its base class's has an extra item.
+    async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:  # type: ignore[override]
         await report_error(interaction, error)
 
 
