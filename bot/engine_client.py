@@ -21,7 +21,17 @@ hung worker is killed). When it dies:
 - a job whose cancel was asked ends with `Cancelled`;
 then the worker is restarted after a backoff (restart_delay, doubling up to
 max_restart_delay; back to restart_delay once a worker has stayed up a minute). If a
-restart fails, the jobs waiting for it fail with the reason, and restarting goes on.
+restart fails (a model file was removed, say), restarting goes on with the same backoff
+and the jobs that have not started keep waiting for it: nothing about them is wrong, and
+they run when an operator has fixed the cause.
+
+State: `status` is what an operator (`/status`) and the job runner need to know: the
+`EngineState` (not started, starting, ready, restarting, down, closed) and since when,
+the live worker's `Ready`, restarts, and the last error in full (paths and the worker's
+stderr included: it is for the log and admins, never for users). `wait_status_change`
+wakes whoever follows it (the runner tells waiting jobs that the engine is down, then that
+it is back). The state changes only on real transitions: a restart that keeps failing
+stays `down`, without flapping through `restarting` at every attempt.
 
 All pipe I/O is asyncio; nothing here blocks the event loop, and nothing imports torch.
 """
@@ -37,7 +47,9 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +67,40 @@ SHUTDOWN_MESSAGE = "the engine was shut down before your job finished; you were 
 EXIT_GRACE_SECONDS = 5.0
 #: A worker that stayed up this long resets the restart backoff.
 STABLE_SECONDS = 60.0
+
+
+class EngineState(StrEnum):
+    """Where the engine is in its life; the value is how `/status` says it."""
+
+    NOT_STARTED = "not started"
+    #: `start()` is loading the models (a retry after a failed start stays `down`).
+    STARTING = "starting"
+    READY = "ready"
+    #: The worker died; a new one is being started (jobs that had not started wait).
+    RESTARTING = "restarting"
+    #: A start or restart failed; retrying with backoff while jobs keep their place.
+    DOWN = "down"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """A snapshot of the engine's state, for the runner and for `/status`."""
+
+    state: EngineState
+    #: When `state` began (epoch seconds).
+    since: float
+    #: Goes up by one at every change of `state`: `wait_status_change(after=serial)`.
+    serial: int
+    #: The live worker's `ready` (device, models, pid); None unless `state` is ready.
+    ready: p.Ready | None
+    #: The last worker's `ready`, kept after it died: what was running before.
+    last_ready: p.Ready | None
+    #: The last start or crash error in full (may name the server's files), and when.
+    last_error: str | None
+    last_error_at: float | None
+    #: Workers started again after one died.
+    restarts: int
 
 
 class EngineStartError(Exception):
@@ -185,6 +231,7 @@ class EngineClient:
         max_restart_delay: float = 30.0,
         close_timeout: float = 15.0,
         stderr_tail_lines: int = 40,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.command = list(command) if command is not None else worker_command()
         self.env = dict(env) if env is not None else None
@@ -195,8 +242,18 @@ class EngineClient:
         self.max_restart_delay = max_restart_delay
         self.close_timeout = close_timeout
         self.stderr_tail_lines = stderr_tail_lines
+        #: Wall-clock time for `status` (when a state began, when an error happened).
+        self.clock = clock
         #: How many times the worker was restarted after dying.
         self.restarts = 0
+        #: The last start or crash error in full, for the log and admins (see `status`).
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self._state = EngineState.NOT_STARTED
+        self._since = clock()
+        self._serial = 0
+        self._changed = asyncio.Event()   # replaced at every change: see `_set_state`
+        self._last_ready: p.Ready | None = None
         self._jobs: dict[str, _Job] = {}   # insertion order = submission order
         self._worker: _Worker | None = None
         self._generation = 0
@@ -220,6 +277,30 @@ class EngineClient:
         worker = self._worker
         return worker.process.pid if worker is not None and worker.alive else None
 
+    @property
+    def state(self) -> EngineState:
+        return self._state
+
+    @property
+    def status(self) -> EngineStatus:
+        """A snapshot of the state, the live and last `ready`, restarts and the last error."""
+        return EngineStatus(
+            state=self._state, since=self._since, serial=self._serial,
+            ready=self.ready_info, last_ready=self._last_ready,
+            last_error=self.last_error, last_error_at=self.last_error_at,
+            restarts=self.restarts,
+        )
+
+    async def wait_status_change(self, after: int) -> EngineStatus:
+        """The status once its `serial` is past `after` (at once if it already is).
+
+        Passing the serial last seen loses no change that happened in between; several
+        changes while nobody looked come back as one (the newest) status.
+        """
+        while self._serial <= after:
+            await self._changed.wait()
+        return self.status
+
     async def start(self) -> p.Ready:
         """Spawn the worker and wait for `ready`; then supervise it in the background.
 
@@ -231,7 +312,15 @@ class EngineClient:
             raise RuntimeError("EngineClient.start() was already called")
         if self._closing:
             raise EngineClosedError("the engine client is closed")
-        worker = await self._launch()
+        if self._state is not EngineState.DOWN:  # a retry stays down until it works
+            self._set_state(EngineState.STARTING)
+        try:
+            worker = await self._launch()
+        except Exception as error:
+            self._record_error(str(error))
+            self._set_state(EngineState.DOWN)
+            raise
+        self._set_state(EngineState.READY)
         self._supervisor = asyncio.create_task(self._supervise(worker), name="engine-supervisor")
         self._supervisor.add_done_callback(self._supervisor_ended)
         assert worker.ready is not None
@@ -293,6 +382,7 @@ class EngineClient:
         if self._closing:
             return
         self._closing = True
+        self._set_state(EngineState.CLOSED)
         worker = self._worker
         supervisor = self._supervisor
         if worker is not None and worker.alive:
@@ -356,6 +446,7 @@ class EngineClient:
         worker.ready = ready
         worker.ready_at = time.monotonic()
         self._worker = worker
+        self._last_ready = ready
         log.info("engine ready: pid %s, %s, vqgan %s, clip %s", ready.pid, ready.device,
                  ready.vqgan, ready.clip)
         for state in list(self._jobs.values()):
@@ -384,9 +475,11 @@ class EngineClient:
                         f"{p.PROTOCOL_VERSION}: the bot and the engine come from different "
                         "versions of vqgan-clip-bot; install the same version for both")
                 try:
-                    return p.decode_message(frame)
+                    ready = p.decode_message(frame)
                 except p.ProtocolError as error:
                     raise EngineStartError(f"the engine's `ready` is malformed: {error}") from None
+                assert isinstance(ready, p.Ready)  # decoded by its type, "ready"
+                return ready
             if frame.type == "error":
                 message = frame.header.get("message") or "unknown error"
                 raise EngineStartError(str(message))
@@ -432,23 +525,42 @@ class EngineClient:
             self._worker_lost(worker, reason)
             if self._closing:
                 return
+            self._record_error(f"the engine (pid {worker.process.pid}) died: {reason}"
+                               + worker.tail_text())
+            self._set_state(EngineState.RESTARTING)
             if lived >= STABLE_SECONDS:
                 delay = self.restart_delay
-            while not self._closing:
-                log.warning("engine died (%s); restarting in %.1f s", reason, delay)
+            while True:
+                log.warning("engine stopped (%s); restarting in %.1f s", reason, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_restart_delay)
                 if self._closing:
                     return
-                try:
-                    worker = await self._launch()
-                except Exception as error:  # EngineStartError, or a bug: keep trying
-                    log.error("engine restart failed: %s", error)
-                    self._fail_waiting(f"the engine could not be restarted: "
-                                       f"{str(error).splitlines()[0]}")
-                    continue
-                self.restarts += 1
-                break
+                restarted = await self._try_restart(delay)
+                if restarted is not None:
+                    worker = restarted
+                    break
+                reason = "its restart failed"
+
+    async def _try_restart(self, next_delay: float) -> _Worker | None:
+        """One restart attempt: the new worker, or None after a failure.
+
+        While restarts fail the engine is `down` and the jobs that have not started stay
+        here, waiting (they run once a restart works): each failure is logged in full for
+        the operator; their users are told by the runner, without the details, which can
+        name the server's files.
+        """
+        try:
+            worker = await self._launch()
+        except Exception as error:  # EngineStartError, or a bug: keep trying
+            log.error("engine restart failed; %d job(s) keep waiting, next try in %.0f s: %s",
+                      self._waiting_count(), next_delay, error)
+            self._record_error(str(error))
+            self._set_state(EngineState.DOWN)
+            return None
+        self.restarts += 1
+        self._set_state(EngineState.READY)
+        return worker
 
     def _supervisor_ended(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -560,9 +672,26 @@ class EngineClient:
             else:
                 state.sent_to = 0  # resubmitted to the next worker
 
-    def _fail_waiting(self, message: str) -> None:
-        for state in list(self._jobs.values()):
-            self._finish(state, p.Failed(state.submit.job, message, p.FAIL_CRASH))
+    def _waiting_count(self) -> int:
+        return sum(1 for state in self._jobs.values() if not state.finished)
+
+    # ---- state -------------------------------------------------------------------------
+
+    def _set_state(self, state: EngineState) -> None:
+        """Enter `state` (a no-op if already in it; nothing leaves `closed`) and wake
+        `wait_status_change`."""
+        if state is self._state or self._state is EngineState.CLOSED:
+            return
+        log.info("engine state: %s -> %s", self._state.value, state.value)
+        self._state = state
+        self._since = self.clock()
+        self._serial += 1
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _record_error(self, text: str) -> None:
+        self.last_error = text
+        self.last_error_at = self.clock()
 
     def _finish(self, state: _Job, event: p.JobEvent) -> None:
         if state.finished:

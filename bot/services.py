@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from bot.config import Settings
+from bot.engine_client import EngineClient, EngineStatus, worker_command_for
 from bot.job_messages import JobMessages
 from bot.quotas import QuotaPolicy
 from bot.scheduler import Scheduler
@@ -26,10 +27,21 @@ log = logging.getLogger(__name__)
 
 
 class Engine(Protocol):
-    """What the bot needs of the engine: `bot.engine_client.EngineClient` is the real one."""
+    """What the bot needs of the engine: `bot.engine_client.EngineClient` is the real one.
+
+    Its behaviour, which `tests/bot/fake_engine.py` models too: `start` raises while the
+    engine cannot start (the state is then `down`, `last_error` says why); a job submitted
+    while the engine is down or restarting waits, and runs once it is back; a job that had
+    started when the engine died ends `Failed(reason="crash")`, uncharged.
+    """
 
     @property
     def ready_info(self) -> protocol.Ready | None: ...
+
+    @property
+    def status(self) -> EngineStatus: ...
+
+    async def wait_status_change(self, after: int) -> EngineStatus: ...
 
     async def start(self) -> protocol.Ready: ...
 
@@ -97,8 +109,6 @@ class Services:
         (not started: starting loads the models, which the job runner does in the
         background so the bot is online while the engine warms up)."""
         if engine is None:
-            from bot.engine_client import EngineClient, worker_command_for
-
             engine = EngineClient(worker_command_for(settings), env=worker_environment())
         results_dir = Path(settings.results_dir)
         results_dir.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,12 @@ real JPEG previews, then Done with a real PNG of the requested size), and can be
 fail, to refuse to start, or to hold jobs until the test releases them (to test cancel
 and queue order). It records every `Submit` it received.
 
+It keeps the engine's state as `bot.engine_client.EngineClient` does (`status`,
+`wait_status_change`, the same `EngineState`s), and behaves the same way when the engine
+dies (`go_down`): the job that had started ends `Failed(reason="crash")` with the client's
+`CRASH_MESSAGE`; jobs submitted but not started wait until it is back (`come_back`), or
+end `Cancelled` if cancelled meanwhile.
+
 SimCord runs the bot's tasks under a settlement check: a bot task waiting on something
 SimCord doesn't know must declare it. `attach(env)` makes the fake declare its "blocked"
 waits with `env.external_wait`, which is what a real engine's GPU time is to SimCord.
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +33,7 @@ from PIL import Image
 
 from bot.app import ImagineBot
 from bot.config import Settings
+from bot.engine_client import CRASH_MESSAGE, EngineState, EngineStatus
 from engine import protocol
 from tests.bot.conftest import make_settings, raise_unexpected_errors
 
@@ -46,9 +54,14 @@ class FakeEngineStartError(Exception):
     pass
 
 
+#: Why the fake cannot start, as a real engine would say it: with a server path in it.
+START_ERROR = "cannot start the engine: /srv/vqgan/models/tiny.ckpt is missing"
+
+
 class FakeEngine:
     """See the module docstring. Knobs: `fail_with`, `start_failures`, `blocked`,
-    `progress_steps`, `step_delay` (real seconds between progress events)."""
+    `progress_steps`, `step_delay` (real seconds between progress events); `go_down` and
+    `come_back` kill and revive the engine."""
 
     def __init__(
         self,
@@ -71,7 +84,16 @@ class FakeEngine:
         self.submits: list[protocol.Submit] = []
         self.start_calls = 0
         self.closed = False
+        self.restarts = 0
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self._state = EngineState.NOT_STARTED
+        self._since = time.time()
+        self._serial = 0
+        self._changed = asyncio.Event()
         self._ready: protocol.Ready | None = None
+        #: Goes up at every death: a job started before one has crashed.
+        self._deaths = 0
         self._gate = asyncio.Event()
         if not blocked:
             self._gate.set()
@@ -91,11 +113,25 @@ class FakeEngine:
     def release(self) -> None:
         """Let held jobs (and all later ones) run."""
         self._gate.set()
-        for event in self._wakers.values():
-            event.set()
+        self._wake_all()
 
     def block(self) -> None:
         self._gate.clear()
+
+    def go_down(self, error: str = START_ERROR) -> None:
+        """The worker dies and every restart fails (its model file was removed, say): as
+        the real client, restarting, then down with `error` as the last error."""
+        self._deaths += 1
+        self._record_error(error)
+        self._set_state(EngineState.RESTARTING)
+        self._set_state(EngineState.DOWN)
+        self._wake_all()
+
+    def come_back(self) -> None:
+        """A restart works again: the jobs that waited run."""
+        self.restarts += 1
+        self._set_state(EngineState.READY)
+        self._wake_all()
 
     @property
     def prompts_received(self) -> list[list[tuple[str, float]]]:
@@ -109,14 +145,32 @@ class FakeEngine:
 
     @property
     def ready_info(self) -> protocol.Ready | None:
-        return self._ready
+        return self._ready if self._state is EngineState.READY else None
+
+    @property
+    def status(self) -> EngineStatus:
+        return EngineStatus(
+            state=self._state, since=self._since, serial=self._serial, ready=self.ready_info,
+            last_ready=self._ready, last_error=self.last_error,
+            last_error_at=self.last_error_at, restarts=self.restarts,
+        )
+
+    async def wait_status_change(self, after: int) -> EngineStatus:
+        while self._serial <= after:
+            await self._wait(self._changed.wait(), "fake engine's state")
+        return self.status
 
     async def start(self) -> protocol.Ready:
         self.start_calls += 1
+        if self._state is not EngineState.DOWN:
+            self._set_state(EngineState.STARTING)
         if self.start_failures > 0:
             self.start_failures -= 1
-            raise FakeEngineStartError("fake engine: model file tiny.ckpt is missing")
+            self._record_error(START_ERROR)
+            self._set_state(EngineState.DOWN)
+            raise FakeEngineStartError(START_ERROR)
         self._ready = protocol.Ready(protocol.PROTOCOL_VERSION, "cpu", "fake_vqgan", "fake_clip", 1)
+        self._set_state(EngineState.READY)
         return self._ready
 
     def submit(self, job: protocol.Submit) -> AsyncIterator[protocol.JobEvent]:
@@ -131,34 +185,68 @@ class FakeEngine:
 
     async def close(self) -> None:
         self.closed = True
+        self._set_state(EngineState.CLOSED)
 
     # ---- internals ----------------------------------------------------------------------
 
-    async def _wait(self, awaitable: Awaitable[Any]) -> Any:
+    def _set_state(self, state: EngineState) -> None:
+        if state is self._state or self._state is EngineState.CLOSED:
+            return
+        self._state = state
+        self._since = time.time()
+        self._serial += 1
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _record_error(self, text: str) -> None:
+        self.last_error = text
+        self.last_error_at = time.time()
+
+    async def _wait(self, awaitable: Awaitable[Any], reason: str) -> Any:
         if self._env is not None:
-            return await self._env.external_wait(awaitable, reason="fake engine holding a job")
+            return await self._env.external_wait(awaitable, reason=reason)
         return await awaitable
 
-    async def _held(self, job_id: str) -> None:
-        """Wait until released or this job is cancelled."""
-        if self._gate.is_set():
-            return
+    def _wake_all(self) -> None:
+        for event in self._wakers.values():
+            event.set()
+
+    async def _sleep(self, job_id: str, reason: str) -> None:
+        """Wait for the next `release`, `cancel`, `go_down` or `come_back`."""
         waker = self._wakers[job_id] = asyncio.Event()
-        self.holding = job_id
         try:
-            await self._wait(waker.wait())
+            await self._wait(waker.wait(), reason)
         finally:
-            self.holding = None
             self._wakers.pop(job_id, None)
 
+    async def _held(self, job_id: str, deaths: int) -> None:
+        """Wait until released, this job is cancelled, or the engine dies."""
+        self.holding = job_id
+        try:
+            while not (self._gate.is_set() or job_id in self._cancelled or self._deaths != deaths):
+                await self._sleep(job_id, "fake engine holding a job")
+        finally:
+            self.holding = None
+
     async def _events(self, job: protocol.Submit) -> AsyncIterator[protocol.JobEvent]:
+        # Not started while the engine is down: the job waits, as in the real client.
+        while self._state is not EngineState.READY and job.job not in self._cancelled:
+            await self._sleep(job.job, "fake engine down, a job waiting for it")
+        if self._state is not EngineState.READY:
+            yield protocol.Cancelled(job.job)
+            return
+        deaths = self._deaths
+        crashed = protocol.Failed(job.job, CRASH_MESSAGE, protocol.FAIL_CRASH)
         yield protocol.Started(job.job)
         steps = max(1, self.progress_steps)
         for step in range(1, steps + 1):
             if step - 1 == self.hold_at_step:
-                await self._held(job.job)
+                await self._held(job.job, deaths)
             if self.step_delay:
                 await asyncio.sleep(self.step_delay)
+            if self._deaths != deaths:
+                yield crashed
+                return
             if job.job in self._cancelled:
                 yield protocol.Cancelled(job.job)
                 return
@@ -254,8 +342,8 @@ async def running_world(
     guild = env.create_guild("studio")
     channel = guild.create_text_channel("art")
     mods = guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
+    engine.attach(env)  # before the bot starts: it may follow the engine's state at once
     await env.start()
-    engine.attach(env)
     world = World(env, engine, config, guild, channel,
                   guild.add_member(env.create_user("alice")),
                   guild.add_member(env.create_user("bob")),

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from bot.engine_client import EngineClient, worker_command
+from bot.engine_client import EngineClient, EngineStatus, worker_command
 from bot.jobs import Job, JobStatus
 from engine import protocol
 from tests.bot.fake_engine import World, png_bytes, running_world, text_of
@@ -51,6 +51,14 @@ class ExternallyWaited:
 
     async def start(self) -> protocol.Ready:
         return await self.inner.start()
+
+    @property
+    def status(self) -> EngineStatus:
+        return self.inner.status
+
+    async def wait_status_change(self, after: int) -> EngineStatus:
+        return await self.env.external_wait(self.inner.wait_status_change(after),
+                                            reason="engine state")
 
     def submit(self, job: protocol.Submit) -> AsyncIterator[protocol.JobEvent]:
         return self._events(self.inner.submit(job))

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,8 @@ from bot.engine_client import (
     EngineClosedError,
     SHUTDOWN_MESSAGE,
     EngineStartError,
+    EngineState,
+    EngineStatus,
     worker_command,
     worker_command_for,
 )
@@ -255,6 +259,154 @@ async def test_close_while_waiting_to_restart_returns_promptly():
     started = time.monotonic()
     await client.close()
     assert time.monotonic() - started < 5
+
+
+# -- the engine down: restarts that fail -------------------------------------------------------
+
+#: What the breakable worker says when its model file is gone: with a server path, as the
+#: real worker's message does.
+MISSING_MODEL = "cannot start the engine: /srv/vqgan/models/tiny.ckpt is missing"
+
+
+def breakable_command(broken: Path) -> list[str]:
+    """The fake worker, except while the file `broken` exists: then it refuses to start
+    the way the real worker does when a model file was removed."""
+    return script(f"""
+        import os, sys
+        from engine import protocol as p
+        if os.path.exists({str(broken)!r}):
+            sys.stderr.write("loading models from /srv/vqgan/models\\n")
+            sys.stdout.buffer.write(p.encode_message(p.Error({MISSING_MODEL!r}, fatal=True)))
+            sys.stdout.flush()
+            sys.exit(1)
+        os.execv(sys.executable, [sys.executable, "-m", "engine", "worker", "--fake",
+                                  "--fake-seconds-per-iteration", "0.005"])
+    """)
+
+
+async def until_state(client: EngineClient, state: EngineState, timeout: float = 30.0) -> EngineStatus:
+    """The client's status once it is in `state` (awaited through `wait_status_change`)."""
+    async def run() -> EngineStatus:
+        status = client.status
+        while status.state is not state:
+            status = await client.wait_status_change(status.serial)
+        return status
+    return await asyncio.wait_for(run(), timeout)
+
+
+@dataclass
+class Breakable:
+    """A client on the breakable worker, and the switch that breaks and repairs it."""
+
+    client: EngineClient
+    broken: Path
+
+    async def kill_and_break(self) -> EngineStatus:
+        """Remove the "model file" and kill the worker: every restart fails from now on."""
+        self.broken.touch()
+        os.kill(self.client.pid, signal.SIGKILL)
+        return await until_state(self.client, EngineState.DOWN)
+
+    def repair(self) -> None:
+        self.broken.unlink()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def breakable(tmp_path: Path):
+    client = EngineClient(breakable_command(tmp_path / "model-removed"), ping_interval=0.5,
+                          ping_timeout=5, restart_delay=0.05, max_restart_delay=0.2)
+    await client.start()
+    yield Breakable(client, tmp_path / "model-removed")
+    await client.close()
+
+
+@module_loop
+async def test_job_waiting_when_restarts_fail_is_not_failed_and_runs_once_the_engine_is_back(breakable):
+    running = breakable.client.submit(job("running", iterations=100_000, progress_every=1))
+    waiting = breakable.client.submit(job("waiting", iterations=3))
+    await until(running, p.Progress)
+    await breakable.kill_and_break()
+    breakable.repair()
+    events = await collect(waiting)
+    assert events[0] == p.Started("waiting") and isinstance(events[-1], p.Done)
+
+
+@module_loop
+async def test_started_job_whose_worker_dies_fails_uncharged_even_when_restarts_fail(breakable):
+    running = breakable.client.submit(job("running", iterations=100_000, progress_every=1))
+    await until(running, p.Progress)
+    await breakable.kill_and_break()
+    assert await collect(running) == [p.Failed("running", CRASH_MESSAGE, p.FAIL_CRASH)]
+    assert "not charged" in CRASH_MESSAGE
+
+
+@module_loop
+async def test_job_submitted_while_the_engine_is_down_waits_for_it(breakable):
+    await breakable.kill_and_break()
+    stream = breakable.client.submit(job("patient", iterations=3))
+    breakable.repair()
+    events = await collect(stream)
+    assert events[0] == p.Started("patient") and isinstance(events[-1], p.Done)
+
+
+@module_loop
+async def test_job_cancelled_while_the_engine_is_down_ends_cancelled(breakable):
+    await breakable.kill_and_break()
+    stream = breakable.client.submit(job("changed-my-mind", iterations=3))
+    await breakable.client.cancel("changed-my-mind")
+    assert await collect(stream) == [p.Cancelled("changed-my-mind")]
+
+
+@module_loop
+async def test_engine_that_cannot_restart_is_down_with_the_full_error_and_the_last_ready(breakable):
+    status = await breakable.kill_and_break()
+    assert status.ready is None and breakable.client.ready_info is None
+    assert status.last_error is not None and MISSING_MODEL in status.last_error
+    assert status.last_ready is not None and status.last_ready.device == "fake"
+
+
+@module_loop
+async def test_engine_back_after_failed_restarts_is_ready_with_one_restart_counted(breakable):
+    await breakable.kill_and_break()
+    breakable.repair()
+    status = await until_state(breakable.client, EngineState.READY)
+    assert status.restarts == 1
+    assert status.ready is not None and status.ready.pid == breakable.client.pid
+
+
+@module_loop
+async def test_failed_restarts_are_logged_with_the_full_error(breakable, caplog):
+    caplog.set_level(logging.ERROR, logger="bot.engine_client")
+    await breakable.kill_and_break()
+    failures = [r.getMessage() for r in caplog.records if "restart failed" in r.getMessage()]
+    assert failures and MISSING_MODEL in failures[0]
+
+
+@module_loop
+async def test_state_goes_from_not_started_to_starting_to_ready():
+    client = EngineClient(fake_command())
+    assert client.status.state is EngineState.NOT_STARTED
+    seen = asyncio.create_task(client.wait_status_change(0))
+    await client.start()
+    try:
+        assert (await seen).state in (EngineState.STARTING, EngineState.READY)
+        assert client.status.state is EngineState.READY and client.status.serial == 2
+    finally:
+        await client.close()
+    assert client.status.state is EngineState.CLOSED
+
+
+@module_loop
+async def test_first_start_that_fails_leaves_the_engine_down_and_a_retry_that_fails_stays_down():
+    client = EngineClient(script("import sys; sys.stderr.write('no GPU here\\n'); sys.exit(3)"))
+    with pytest.raises(EngineStartError):
+        await client.start()
+    down = client.status
+    assert down.state is EngineState.DOWN and "no GPU here" in (down.last_error or "")
+    with pytest.raises(EngineStartError):
+        await client.start()
+    assert client.status.state is EngineState.DOWN and client.status.serial == down.serial
+    await client.close()
 
 
 # -- start-up failures ---------------------------------------------------------------------------
