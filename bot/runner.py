@@ -27,6 +27,15 @@ The engine is started at boot (`ImagineBot(warm_engine=True)`, which `vqgan-clip
 uses: the first user does not wait for the model load, and a model problem shows in the log
 at once), or when the first job waits (tests). Once started, the engine client supervises
 (restarts) the worker itself.
+
+While the engine is down (a start or restart failed: a model file removed, say) nothing
+fails: the jobs wait, the queued ones in the queue and the current one in the engine
+client. A second task follows the engine's state (`Engine.wait_status_change`) and, only
+when it changes between down and ready, turns every waiting job's message into "the image
+engine is down; your image keeps its place" (never the reason: it can name the server's
+files; that goes to the log and `/status`), and back into its queue position, or
+"starting" for the current job. `_notes_lock` keeps those edits and the runner's own edits
+of the current job in order.
 """
 
 from __future__ import annotations
@@ -35,9 +44,11 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 
-import discord
+from discord.ext import commands
 
+from bot.engine_client import EngineState, EngineStatus
 from bot.eta import estimate
 from bot.jobs import JOB_QUEUED_EVENT, Job, JobStatus
 from bot.requests import job_size
@@ -61,11 +72,18 @@ class JobInputMissing(Exception):
 class JobRunner:
     """See the module docstring. One per bot; `start()` after `restore()`, `stop()` at close."""
 
-    def __init__(self, bot: discord.Client, services: Services) -> None:
+    def __init__(self, bot: commands.Bot, services: Services) -> None:
         self.bot = bot
         self.services = services
         self._task: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._engine_started = False
+        #: Whether waiting jobs' messages say the engine is down (changed under the lock).
+        self._engine_down_shown = False
+        #: The current job once handed to the engine, until the engine's first event for
+        #: it: waiting like the queued ones, its message follows the engine's state too.
+        self._awaiting_engine: Job | None = None
+        self._notes_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -87,15 +105,18 @@ class JobRunner:
         the first job arrives."""
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(warm_engine), name="vqgan-clip job runner")
+            self.bot.add_listener(self._on_job_queued, f"on_{JOB_QUEUED_EVENT}")
 
     async def stop(self) -> None:
         """Stop taking jobs. A job in progress stays `running` in the store, so the next
         start resumes it; the engine itself is stopped by `Services.close`."""
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        self.bot.remove_listener(self._on_job_queued, f"on_{JOB_QUEUED_EVENT}")
+        for task in (self._task, self._watcher):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._task = self._watcher = None
 
     # ------------------------------------------------------------------ the loop
 
@@ -133,8 +154,10 @@ class JobRunner:
             scheduler.finish(job.id)
 
     async def _ensure_engine(self) -> None:
-        """Start the engine once; while it can't start, keep the jobs waiting and say so."""
+        """Start the engine once; while it can't start, keep the jobs waiting and retry.
+        (Users hear of it from `_follow_engine`: a failed start leaves the engine `down`.)"""
         engine = self.services.engine
+        self._follow_engine()
         if self._engine_started or engine.ready_info is not None:
             self._engine_started = True
             return
@@ -149,23 +172,84 @@ class JobRunner:
                 attempt += 1
                 log.error("the image engine could not start (attempt %d): %s\n"
                           "jobs wait in the queue; retrying in %.0f s", attempt, error, delay)
-                await self._tell_waiting()
                 await asyncio.sleep(delay)
                 continue
             self._engine_started = True
             log.info("image engine ready: %s", ready)
-            if attempt:
-                await self._tell_queued()  # replace the "engine is down" notes
             return
 
-    async def _tell_waiting(self) -> None:
-        for job in self.services.scheduler.queued_jobs():
-            await self.services.messages.engine_down(job)
+    # ------------------------------------------------------------------ engine state
 
-    async def _tell_queued(self) -> None:
+    def _follow_engine(self) -> None:
+        """Start following the engine's state. Not before the engine is first started:
+        until then it has no state worth telling anyone."""
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.create_task(self._watch_engine(), name="vqgan-clip engine watch")
+
+    async def _watch_engine(self) -> None:
+        serial = 0
+        while True:
+            status = await self.services.engine.wait_status_change(serial)
+            serial = status.serial
+            try:
+                await self._engine_changed(status)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("could not tell waiting jobs about the engine's state")
+
+    async def _engine_changed(self, status: EngineStatus) -> None:
+        """Down (a start or restart failed) and ready are what waiting users see;
+        starting and restarting change nothing they see, so a quick restart, or a retry
+        that fails again, edits no message."""
+        if status.state is EngineState.DOWN:
+            down = True
+        elif status.state is EngineState.READY:
+            down = False
+        else:
+            return
+        async with self._notes_lock:
+            if down == self._engine_down_shown:
+                return
+            self._engine_down_shown = down
+            self._log_engine_change(status)
+            await self._retell_waiting(down)
+
+    def _log_engine_change(self, status: EngineStatus) -> None:
+        waiting = len(self.services.scheduler) + (self._awaiting_engine is not None)
+        if status.state is EngineState.DOWN:
+            log.error("the image engine is down; %d waiting job(s) keep their place and are "
+                      "told so (without the reason). Last error: %s", waiting, status.last_error)
+        else:
+            log.info("the image engine is back; %d waiting job(s) shown their place again", waiting)
+
+    async def _retell_waiting(self, down: bool) -> None:
+        """Every waiting job's message: the engine-down note, or back to its place (the
+        current job: starting). Called under the notes lock."""
+        messages = self.services.messages
+        current = self._awaiting_engine
+        if current is not None:
+            await (messages.engine_down(current) if down else messages.started(current))
         for job in self.services.scheduler.queued_jobs():
-            where = await estimate(self.services, job.id)
+            if down:
+                await messages.engine_down(job)
+            else:
+                await self._show_queued(job)
+
+    async def _show_queued(self, job: Job) -> None:
+        where = await estimate(self.services, job.id)
+        # Only while it still waits: once the runner has taken it, its edits win.
+        if job.id in self.services.scheduler:
             await self.services.messages.queued(job, where.position, where.ready_in)
+
+    async def _on_job_queued(self, job_id: str) -> None:
+        """A job queued while the engine is down says so too, like those before it."""
+        async with self._notes_lock:
+            if not self._engine_down_shown:
+                return
+            job = next((j for j in self.services.scheduler.queued_jobs() if j.id == job_id), None)
+            if job is not None:
+                await self.services.messages.engine_down(job)
 
     # ------------------------------------------------------------------ one job
 
@@ -188,13 +272,14 @@ class JobRunner:
             except JobInputMissing as error:
                 await self._failed(job, str(error))
                 return
-            await messages.started(job)
+            stream = await self._hand_over(job, running, submit)
+            if stream is None:
+                await self._cancelled(job, running)
+                return
             last_edit = time.monotonic()
-            # No await between marking it submitted and handing it over: a cancel either
-            # saw `submitted` false (and the check above or the engine's answer ends it)
-            # or goes to the engine.
-            running.submitted = True
-            async for event in self.services.engine.submit(submit):
+            async for event in stream:
+                if self._awaiting_engine is not None:
+                    await self._engine_answered()
                 if isinstance(event, protocol.Progress):
                     last_edit = await self._progress(job, running, event, last_edit)
                 elif isinstance(event, protocol.Done):
@@ -216,6 +301,7 @@ class JobRunner:
             raise
         except Exception:
             log.exception("job %s failed unexpectedly", job.id)
+            await self._engine_answered()
             with contextlib.suppress(Exception):
                 await self.services.engine.cancel(job.id)
             try:
@@ -223,6 +309,33 @@ class JobRunner:
             except Exception:
                 log.exception("job %s: could not mark it failed", job.id)
             await messages.apology(job)
+        finally:
+            self._awaiting_engine = None
+
+    async def _hand_over(self, job: Job, running: RunningJob,
+                         submit: protocol.Submit) -> AsyncIterator[protocol.JobEvent] | None:
+        """Show the job as starting (or the engine as down) and submit it; None if it was
+        cancelled meanwhile.
+
+        Under the notes lock, so the engine's state cannot change between the message and
+        `_awaiting_engine`. No await between the last cancel check, marking it submitted
+        and handing it over: a cancel either saw `submitted` false (and the check here
+        ends it) or goes to the engine.
+        """
+        messages = self.services.messages
+        async with self._notes_lock:
+            await (messages.engine_down(job) if self._engine_down_shown else messages.started(job))
+            if running.cancel_requested:
+                return None
+            running.submitted = True
+            self._awaiting_engine = job
+            return self.services.engine.submit(submit)
+
+    async def _engine_answered(self) -> None:
+        """The engine's first event for the current job: from now on its message is the
+        runner's alone (progress, result, failure), never an engine-down note."""
+        async with self._notes_lock:
+            self._awaiting_engine = None
 
     def _build_submit(self, job: Job) -> protocol.Submit:
         params = job.params
