@@ -25,7 +25,8 @@ from typing import Any
 
 import aiosqlite
 
-from bot.jobs import CHARGED_STATUSES, Job, JobStatus, new_job_id, normalize_job_id
+from bot.jobs import (CHARGED_STATUSES, FINISHED_STATUSES, Job, JobStatus, new_job_id,
+                      normalize_job_id)
 
 Clock = Callable[[], float]
 
@@ -146,7 +147,7 @@ def _check_limit(limit: int | None) -> None:
         raise ValueError(f"a quota must be a whole number of images, 0 or more (got {limit!r})")
 
 
-def _row_to_job(row: Mapping[str, Any]) -> Job:
+def _row_to_job(row: sqlite3.Row) -> Job:
     values = {name: row[name] for name in _JOB_COLUMNS}
     values["params"] = json.loads(values["params"]) if values["params"] else {}
     values["status"] = JobStatus(values["status"])
@@ -474,6 +475,18 @@ class Store:
         ) as cursor:
             row = await cursor.fetchone()
         return float(row[0]) if row else None
+
+    async def count_finished_since(self, since: float) -> dict[JobStatus, int]:
+        """How many jobs ended at or after `since`, by final status (done, failed,
+        cancelled; a status with none is absent): `/status`'s jobs today."""
+        finished = ", ".join(f"'{s.value}'" for s in sorted(FINISHED_STATUSES))
+        async with self._db.execute(
+            f"SELECT status, COUNT(*) FROM jobs WHERE finished_at >= ? "
+            f"AND status IN ({finished}) GROUP BY status",
+            (since,),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return {JobStatus(status): int(count) for status, count in rows}
 
     async def seconds_per_iteration_estimate(self, sample: int = 20) -> float | None:
         """Median seconds per iteration over the last `sample` done jobs, or None if none.

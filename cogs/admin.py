@@ -1,4 +1,5 @@
-"""`/quota ...`: server admins decide who may make how many images per rolling 24 h.
+"""`/quota ...`: server admins decide who may make how many images per rolling 24 h; and
+`/status`: how the image engine and the queue are doing.
 
 Who counts as an admin: members with Manage Server (or Administrator). The group carries
 `default_permissions(manage_guild=True)`, which only decides who *sees* the commands (a
@@ -13,6 +14,10 @@ so no number ever means two things. The command descriptions say so.
 
 All answers are ephemeral (quota decisions are between admins, not a channel
 announcement) and say what changed, from what to what.
+
+`/status` is where an admin learns why images wait: the engine's state, device and models,
+and its last error in full. Members only ever read "the image engine is down"; the error
+can name the server's files, so it is shown here, to admins, privately, and in the log.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import render
 from bot.app import ImagineBot
 from bot.errors import UserError
 from bot.permissions import member_role_ids, require_admin
@@ -69,7 +75,7 @@ def limit_with_source(status: QuotaStatus) -> str:
 
 
 class Admin(commands.Cog):
-    """The `/quota` command group (Manage Server only)."""
+    """The `/quota` command group and `/status` (Manage Server only)."""
 
     quota = app_commands.Group(
         name="quota",
@@ -232,6 +238,28 @@ class Admin(commands.Cog):
             if len(overrides) > SHOW_MAX_OVERRIDES:
                 lines.append(f"… and {len(overrides) - SHOW_MAX_OVERRIDES} more.")
         await interaction.response.send_message("\n".join(lines), ephemeral=True)
+
+    # -------------------------------------------------------------- the engine
+
+    @app_commands.command(
+        name="status", description="The image engine and the queue: state, models, last error (Manage Server)"
+    )
+    @app_commands.guild_only()
+    @app_commands.default_permissions(manage_guild=True)
+    async def status(self, interaction: discord.Interaction) -> None:
+        services = self.bot.services
+        today = render.utc_day_start(services.quotas.clock())
+        finished = await services.store.count_finished_since(today)
+        running = services.running
+        settings = services.settings
+        embed = render.status_embed(
+            services.engine.status,
+            queued=len(services.scheduler),
+            running=None if running is None else (running.job_id, running.iteration, running.total),
+            finished_today={status.value: count for status, count in finished.items()},
+            configured_models=(settings.vqgan_model, settings.clip_model),
+        )
+        await interaction.response.send_message(embed=embed, ephemeral=True)
 
     async def _server_default_text(self, guild_id: int) -> str:
         """`10 images per 24 h, this server's own` or `..., the bot's default`."""

@@ -66,13 +66,15 @@ HELP_FIELDS: tuple[tuple[str, str], ...] = (
         "next one frees up.",
     ),
 )
-#: Shown only to members with Manage Server (the only ones who can use /quota).
+#: Shown only to members with Manage Server (the only ones who can use /quota and /status).
 HELP_ADMIN_FIELD: tuple[str, str] = (
-    "For admins: `/quota`",
+    "For admins: `/quota`, `/status`",
     "`/quota set @member images:20` (or `unlimited:True`; `images:0` = may not make images), "
     "`/quota reset @member`, `/quota default images:10` (or `unlimited:True`), "
     "`/quota reset-default`, `/quota unlimited @role` (`remove:True` to undo), "
-    "`/quota show [@member]`. Needs Manage Server.",
+    "`/quota show [@member]`.\n"
+    "`/status`: the image engine (state, device, models, last error), the queue and "
+    "today's jobs. Needs Manage Server.",
 )
 
 #: Longest prompt quoted back in `/queue`; longer ones are cut with an ellipsis.
@@ -80,7 +82,7 @@ PROMPT_PREVIEW_CHARS = 80
 
 
 def help_embed(*, admin: bool = False) -> discord.Embed:
-    """The embed `/help` answers with; `admin` adds the `/quota` field."""
+    """The embed `/help` answers with; `admin` adds the `/quota` and `/status` field."""
     embed = discord.Embed(title=HELP_TITLE, description=HELP_DESCRIPTION, colour=discord.Colour.blurple())
     fields = HELP_FIELDS + ((HELP_ADMIN_FIELD,) if admin else ())
     for name, value in fields:

@@ -1,0 +1,106 @@
+"""`/status` through SimCord: what an admin learns about the engine and the queue, and
+that nobody else can ask."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.jobs import JobStatus
+from cogs.info import HELP_ADMIN_FIELD
+from tests.bot.conftest import reply
+from tests.bot.fake_engine import START_ERROR, FakeEngine, World, running_world
+
+
+async def status(world: World) -> dict[str, str]:
+    """The mod's `/status` answer as {field name: value}; it must be private."""
+    result = await world.mod.slash(world.channel, "status")
+    assert result.response is not None and result.response.ephemeral
+    (embed,) = result.response.embeds
+    return {field.name: field.value for field in embed.fields}
+
+
+def status_command(world: World) -> Any:
+    return next(c for c in world.bot.synced_commands if c.name == "status")
+
+
+async def test_status_shows_a_ready_engine_its_device_and_models() -> None:
+    async with running_world(FakeEngine(), warm_engine=True) as world:
+        await world.env.settle()
+
+        fields = await status(world)
+
+        assert "**ready**" in fields["Engine"] and "no restarts" in fields["Engine"]
+        assert "`cpu`" in fields["Device"] and "pid 1" in fields["Device"]
+        assert "fake_vqgan" in fields["Models"] and "fake_clip" in fields["Models"]
+        assert "Last error" not in fields
+
+
+async def test_status_shows_the_queue_and_the_running_job() -> None:
+    async with running_world(FakeEngine(blocked=True)) as world:
+        await world.alice.slash(world.channel, "imagine", prompt="computing")
+        await world.bob.slash(world.channel, "imagine", prompt="waiting")
+        computing = (await world.services.store.jobs_with_status(JobStatus.RUNNING))[0]
+
+        fields = await status(world)
+
+        assert fields["Queue"].startswith("1 waiting")
+        assert f"job `{computing.id}`, iteration 0/{computing.iterations}" in fields["Queue"]
+
+
+async def test_status_counts_the_jobs_done_and_failed_today() -> None:
+    async with running_world(FakeEngine()) as world:
+        await world.alice.slash(world.channel, "imagine", prompt="one")
+        await world.alice.slash(world.channel, "imagine", prompt="two")
+        world.engine.fail_with = "out of memory"
+        await world.bob.slash(world.channel, "imagine", prompt="three")
+        await world.env.settle()
+
+        fields = await status(world)
+
+        assert fields["Today (since 00:00 UTC)"] == "2 done · 1 failed · 0 cancelled"
+
+
+async def test_status_shows_a_down_engine_with_its_last_error_to_an_admin() -> None:
+    async with running_world(FakeEngine(), warm_engine=True) as world:
+        await world.env.settle()
+        world.engine.go_down()
+        await world.env.settle()
+
+        fields = await status(world)
+
+        assert "**down**" in fields["Engine"]
+        assert START_ERROR in fields["Last error"] and "```" in fields["Last error"]
+        # The models the engine last ran, marked as such (nothing runs now).
+        assert "fake_vqgan" in fields["Models"] and "when it last ran" in fields["Models"]
+        assert "pid" not in fields["Device"]
+
+
+async def test_status_of_an_engine_never_started_names_the_configured_models() -> None:
+    async with running_world(FakeEngine()) as world:
+        fields = await status(world)
+
+        assert "**not started**" in fields["Engine"]
+        settings = world.settings
+        assert settings.vqgan_model in fields["Models"] and "configured" in fields["Models"]
+
+
+async def test_status_is_hidden_from_and_refused_to_a_plain_member() -> None:
+    async with running_world(FakeEngine()) as world:
+        assert "status" in world.mod.available_commands(world.channel)
+        assert "status" not in world.alice.available_commands(world.channel)
+        # A server owner can let anyone run it; the bot still refuses.
+        world.guild.set_command_permissions(status_command(world), {world.alice: True})
+
+        text = reply(await world.alice.slash(world.channel, "status"))
+
+        assert "Manage Server" in text
+
+
+async def test_help_tells_admins_about_status() -> None:
+    async with running_world(FakeEngine()) as world:
+        result = await world.mod.slash(world.channel, "help")
+        assert result.response is not None
+        (embed,) = result.response.embeds
+
+        assert any(f.name == HELP_ADMIN_FIELD[0] and "/status" in f.value for f in embed.fields)
+
