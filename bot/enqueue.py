@@ -21,6 +21,7 @@ import discord
 
 from bot import render
 from bot.attachments import save_input
+from bot.engine_client import EngineState
 from bot.eta import estimate
 from bot.interactions import answer, defer, services_of
 from bot.jobs import JOB_QUEUED_EVENT, Job, new_job_id
@@ -114,5 +115,7 @@ async def submit_and_answer(interaction: discord.Interaction, request: JobReques
     services = services_of(interaction)
     await defer(interaction)
     queued = await enqueue(services, interaction, request)
-    await answer(interaction, render.queued_answer(queued.job, queued.position, queued.ready_in))
+    down = services.engine.status.state is EngineState.DOWN
+    await answer(interaction, render.queued_answer(queued.job, queued.position, queued.ready_in,
+                                                   engine_down=down))
     return queued.job

@@ -111,15 +111,19 @@ def describe_done(job: Job) -> str:
     return "Imagined"
 
 
-def queued_answer(job: Job, position: int | None, eta_seconds: float | None) -> str:
-    """The ephemeral answer to the command: it is queued, where, and roughly when."""
+def queued_answer(job: Job, position: int | None, eta_seconds: float | None,
+                  *, engine_down: bool = False) -> str:
+    """The ephemeral answer to the command: it is queued, where, and roughly when (no time
+    while the engine is down: there is none to give)."""
     place = f"position {position} in the queue" if position is not None else "in the queue"
-    if eta_seconds is None:
-        when = "no time estimate yet (this is the first image since the bot started)"
+    if engine_down:
+        when = "waiting: the image engine is down, and your image keeps its place."
+    elif eta_seconds is None:
+        when = "no time estimate yet (this is the first image since the bot started)."
     else:
-        when = f"ready in about {format_duration(eta_seconds)}"
+        when = f"ready in about {format_duration(eta_seconds)}."
     return (
-        f"Queued job `{job.id}`, {place}, {when}. "
+        f"Queued job `{job.id}`, {place}, {when} "
         "Its progress appears in this channel; use the **Cancel** button there to stop it."
     )
 

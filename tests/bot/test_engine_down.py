@@ -106,9 +106,17 @@ async def test_a_job_queued_while_the_engine_is_down_says_so_too() -> None:
         await engine_dies(world)
 
         result = await world.bob.slash(world.channel, "imagine", prompt="late")
-        assert "Queued job" in text_of(result)
         late = (await world.services.store.jobs_with_status())[-1]
         assert ENGINE_DOWN_TEXT in shown(world, late)
+
+
+async def test_the_answer_to_a_job_queued_while_the_engine_is_down_promises_no_time() -> None:
+    async with running_world(FakeEngine(blocked=True)) as world:
+        await engine_dies(world)
+
+        answer = text_of(await world.bob.slash(world.channel, "imagine", prompt="late"))
+        assert "Queued job" in answer and "the image engine is down" in answer
+        assert "keeps its place" in answer and "ready in" not in answer
 
 
 async def test_a_restart_that_fails_again_edits_no_message() -> None:
