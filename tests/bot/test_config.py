@@ -291,6 +291,14 @@ def test_token_with_bot_prefix_is_rejected_without_echoing_it() -> None:
     assert FAKE_TOKEN not in problem
 
 
+def test_a_token_not_required_may_be_unset_while_the_rest_is_still_checked() -> None:
+    """The sandbox (`vqgan-clip-bot --sandbox`) never talks to Discord."""
+    assert load_settings(None, {}, token_required=False).discord_token == ""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, {"MAX_CUTN": "many"}, token_required=False)
+    assert [p.split(":")[0] for p in caught.value.problems] == ["MAX_CUTN"]
+
+
 def test_repr_and_str_of_settings_mask_the_token() -> None:
     settings = load_settings(None, {"DISCORD_TOKEN": FAKE_TOKEN})
     for text in (repr(settings), str(settings), f"{settings}", format_settings(settings)):
