@@ -1,8 +1,12 @@
 """`vqgan-clip-bot` (also `python -m bot`): settings, model download, run, clean shutdown.
 
+`--sandbox` runs the bot in a simulated Discord in the browser instead (`bot.sandbox`,
+imported only then: it needs the optional `sandbox` extra, which the bot on Discord does not).
+
 Exit codes: 0 clean shutdown (including SIGTERM/Ctrl-C) or `--check-config` passed;
 1 could not start (models could not be downloaded, Discord rejected the token or could
-not be reached, a privileged intent is not enabled); 2 the configuration is invalid;
+not be reached, a privileged intent is not enabled; the sandbox's extra is not installed
+or its engine did not start); 2 the configuration is invalid;
 130 Ctrl-C during the model download, or a second Ctrl-C that forced the exit.
 """
 
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import signal
 import sys
@@ -24,6 +29,13 @@ EXIT_OK = 0
 EXIT_STARTUP_FAILED = 1
 EXIT_BAD_CONFIG = 2
 EXIT_INTERRUPTED = 130
+
+#: What `--sandbox` needs beyond the bot: SimCord and its preview page's own libraries
+#: (the `sandbox` extra, `simcord[preview]`).
+SANDBOX_MODULES = ("simcord", "aiohttp", "markdown_it", "linkify_it")
+SANDBOX_INSTALL_HINT = (
+    "./run.sh --sandbox installs it; in your own environment: pip install -e '.[sandbox]'"
+)
 
 
 class RedactingFormatter(logging.Formatter):
@@ -69,7 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--env-file", type=Path, default=Path(".env"), metavar="PATH",
         help="settings file to read (default: .env in the current directory)",
     )
+    parser.add_argument(
+        "--sandbox", action="store_true",
+        help="run the bot in a simulated Discord in your browser instead: no token, nothing sent "
+        "anywhere; prints the page's address (needs the 'sandbox' extra)",
+    )
+    parser.add_argument(
+        "--sandbox-data", type=Path, metavar="DIR",
+        help="with --sandbox: keep its database and images in DIR (default: a throwaway folder)",
+    )
     return parser
+
+
+def missing_sandbox_modules() -> list[str]:
+    """The modules `--sandbox` needs that are not installed."""
+    return [name for name in SANDBOX_MODULES if importlib.util.find_spec(name) is None]
 
 
 def models_to_download(settings: Settings) -> list[str]:
@@ -169,11 +195,18 @@ async def run_bot(settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script. Returns the process exit code (see the module docstring)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.sandbox_data is not None and not args.sandbox:
+        parser.error("--sandbox-data goes with --sandbox")
+    if args.sandbox and (missing := missing_sandbox_modules()):
+        print(f"--sandbox needs the optional 'sandbox' extra, which is not installed (missing: "
+              f"{', '.join(missing)}). {SANDBOX_INSTALL_HINT}", file=sys.stderr)
+        return EXIT_STARTUP_FAILED
     # Logging before settings at a fixed level, so the loader's warnings are shown.
     configure_logging("INFO")
     try:
-        settings = load_settings(args.env_file)
+        settings = load_settings(args.env_file, token_required=not args.sandbox)
     except ConfigError as error:
         print("configuration problems:", file=sys.stderr)
         for problem in error.problems:
@@ -187,6 +220,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_settings(settings))
         print("configuration OK")
         return EXIT_OK
+
+    if args.sandbox:
+        # Never downloads models, never reaches Discord: see bot/sandbox.py.
+        from bot.sandbox import run_sandbox
+
+        try:
+            return asyncio.run(run_sandbox(settings, args.sandbox_data))
+        except KeyboardInterrupt:  # Ctrl-C before the page was up, or a second one
+            return EXIT_INTERRUPTED
 
     if settings.auto_download:
         try:

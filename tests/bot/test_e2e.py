@@ -16,67 +16,21 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from bot.engine_client import EngineClient, EngineStatus, worker_command
+from bot.engine_client import EngineClient, worker_command
 from bot.jobs import Job, JobStatus
-from engine import protocol
+from bot.sandbox import ExternallyWaited
 from tests.bot.fake_engine import World, png_bytes, running_world, text_of
 
 #: Seconds a tiny job may take on a busy CPU before the test gives up.
 JOB_TIMEOUT = 120
 
 
-class ExternallyWaited:
-    """The real engine client, with its waits declared to SimCord as external input.
+class RealEngine(ExternallyWaited):
+    """The real engine client as the sandbox declares it to SimCord (`bot.sandbox`), and
+    the fake engine's `release` that `running_world`'s teardown calls: nothing to release."""
 
-    SimCord settles each simulated interaction by waiting for the bot's own tasks; time
-    spent computing in another process is outside input to it, which the bot code cannot
-    declare itself. The client is started by the test (outside the bot's tasks), so its
-    supervision tasks are not the bot's; the runner sees `ready_info` and does not start it.
-    """
-
-    def __init__(self, inner: EngineClient) -> None:
-        self.inner = inner
-        self.env: Any = None
-
-    def attach(self, env: Any) -> ExternallyWaited:
-        self.env = env
-        return self
-
-    def release(self) -> None:  # running_world's teardown calls this on fakes
+    def release(self) -> None:
         pass
-
-    @property
-    def ready_info(self) -> protocol.Ready | None:
-        return self.inner.ready_info
-
-    async def start(self) -> protocol.Ready:
-        return await self.inner.start()
-
-    @property
-    def status(self) -> EngineStatus:
-        return self.inner.status
-
-    async def wait_status_change(self, after: int) -> EngineStatus:
-        return await self.env.external_wait(self.inner.wait_status_change(after),
-                                            reason="engine state")
-
-    def submit(self, job: protocol.Submit) -> AsyncIterator[protocol.JobEvent]:
-        return self._events(self.inner.submit(job))
-
-    async def _events(self, stream: Any) -> AsyncIterator[protocol.JobEvent]:
-        iterator = stream.__aiter__()
-        while True:
-            try:
-                event = await self.env.external_wait(iterator.__anext__(), reason="engine computing")
-            except StopAsyncIteration:
-                return
-            yield event
-
-    async def cancel(self, job_id: str) -> None:
-        await self.inner.cancel(job_id)
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 def tiny_worker_command(tiny_models: Any) -> list[str]:
@@ -87,14 +41,14 @@ def tiny_worker_command(tiny_models: Any) -> list[str]:
 
 
 @pytest.fixture
-async def real_engine(tiny_models: Any) -> AsyncIterator[ExternallyWaited]:
+async def real_engine(tiny_models: Any) -> AsyncIterator[RealEngine]:
     # One CPU thread: the tiny models gain nothing from more, and on a busy machine torch's
     # thread pool spinning against other processes made a 10-iteration job take 15 s, not 1.
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     client = EngineClient(tiny_worker_command(tiny_models), env=environment, ready_timeout=120)
     await client.start()
     try:
-        yield ExternallyWaited(client)
+        yield RealEngine(client)
     finally:
         await client.close()
 
@@ -121,7 +75,7 @@ E2E_SETTINGS = dict(default_size=(64, 64), max_size=(64, 64), default_iterations
                     default_cutn=4, max_cutn=4, progress_interval=0.0)
 
 
-async def test_imagine_end_to_end_with_a_real_engine(real_engine: ExternallyWaited) -> None:
+async def test_imagine_end_to_end_with_a_real_engine(real_engine: RealEngine) -> None:
     async with running_world(real_engine, **E2E_SETTINGS) as world:  # type: ignore[arg-type]
         result = await world.alice.slash(world.channel, "imagine", prompt="a red apple + a blue sky")
         assert "Queued job" in text_of(result)
@@ -136,7 +90,7 @@ async def test_imagine_end_to_end_with_a_real_engine(real_engine: ExternallyWait
         assert job.seed is not None and job.iterations == 10
 
 
-async def test_edit_with_an_attachment_end_to_end_with_a_real_engine(real_engine: ExternallyWaited) -> None:
+async def test_edit_with_an_attachment_end_to_end_with_a_real_engine(real_engine: RealEngine) -> None:
     async with running_world(real_engine, **E2E_SETTINGS) as world:  # type: ignore[arg-type]
         source = png_bytes(64, 64, (250, 200, 30))
         result = await world.alice.slash(world.channel, "edit", prompt="a green field",
