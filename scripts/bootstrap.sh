@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # Creates the virtual environment and installs the project into it, once per change of
 # pyproject.toml. Sourced by run.sh and test.sh so that both commands work on a fresh clone.
-# Usage: source scripts/bootstrap.sh base|test   ("test" adds the test dependencies)
+# Usage: source scripts/bootstrap.sh base|sandbox|test
+#   base: the bot; sandbox: + the simulated Discord of `--sandbox`; test: + the test tools
+#   (test holds everything sandbox does, which holds everything base does).
 # The extra is always named: a sourced file sees its caller's arguments when given none,
 # and run.sh's arguments are the bot's, not ours.
 set -euo pipefail
 
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _extra="${1:-}"
-if [ "$_extra" != base ] && [ "$_extra" != test ]; then
-    echo "error: scripts/bootstrap.sh needs base or test, not '${_extra}'" >&2
-    exit 2
-fi
+# The installs that hold everything the asked-for one does.
+case "$_extra" in
+    base) _enough="base sandbox test" ;;
+    sandbox) _enough="sandbox test" ;;
+    test) _enough="test" ;;
+    *) echo "error: scripts/bootstrap.sh needs base, sandbox or test, not '${_extra}'" >&2
+       exit 2 ;;
+esac
 VENV="${VENV:-$_root/.venv}"
 PYTHON="${PYTHON:-python3}"
 
@@ -26,14 +32,18 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 
-# One stamp per pyproject.toml and extra. The test extra holds everything the base install
-# does, so its stamp satisfies run.sh too (./test.sh then ./run.sh installs nothing).
+# One stamp per pyproject.toml and extra. A larger install's stamp satisfies a smaller
+# one (./test.sh then ./run.sh or ./run.sh --sandbox installs nothing).
 _hash="$(sha256sum <"$_root/pyproject.toml" | cut -c1-16)"
 _stamp="$VENV/.installed-$_hash-$_extra"
-if [ ! -f "$_stamp" ] && ! { [ "$_extra" = base ] && [ -f "$VENV/.installed-$_hash-test" ]; }; then
+_installed=false
+for _e in $_enough; do
+    [ -f "$VENV/.installed-$_hash-$_e" ] && _installed=true
+done
+if [ "$_installed" = false ]; then
     echo "[setup] installing dependencies (the first time takes a few minutes: PyTorch is large)"
     _target="$_root"
-    [ "$_extra" = test ] && _target="$_root[test]"
+    [ "$_extra" != base ] && _target="$_root[$_extra]"
     _log="$VENV/install.log"
     if ! { "$VENV/bin/python" -m pip install --upgrade pip "setuptools<81" wheel \
            && "$VENV/bin/python" -m pip install -e "$_target"; } >"$_log" 2>&1; then
@@ -46,4 +56,4 @@ if [ ! -f "$_stamp" ] && ! { [ "$_extra" = base ] && [ -f "$VENV/.installed-$_ha
     touch "$_stamp"
     echo "[setup] done"
 fi
-unset _root _extra _hash _stamp _target _log
+unset _root _extra _enough _installed _e _hash _stamp _target _log

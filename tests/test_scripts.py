@@ -117,5 +117,32 @@ def test_a_fresh_venv_installs_the_project_with_the_extra_asked_for(
 
 def test_bootstrap_refuses_an_unknown_extra(venv: FakeVenv, env: dict[str, str]) -> None:
     done = run(["bash", "-c", "source scripts/bootstrap.sh --check-config"], env)
-    assert done.returncode != 0 and "base or test" in done.stderr
+    assert done.returncode != 0 and "base, sandbox or test" in done.stderr
     assert venv.python_calls() == []
+
+
+def test_run_sh_with_sandbox_installs_the_sandbox_extra(venv: FakeVenv, env: dict[str, str]) -> None:
+    """The simulated Discord's libraries are not part of the bot: only --sandbox asks for them."""
+    install("base", env)
+    venv.forget_calls()
+    done = run(["./run.sh", "--sandbox", "--help"], env)
+    assert done.returncode == 0, done.stderr
+    assert f"-m pip install -e {ROOT}[sandbox]" in venv.python_calls()
+
+
+def test_run_sh_with_sandbox_after_the_test_install_installs_nothing(
+        venv: FakeVenv, env: dict[str, str]) -> None:
+    """The test extra holds everything the sandbox extra does."""
+    install("test", env)
+    venv.forget_calls()
+    done = run(["./run.sh", "--sandbox", "--help"], env)
+    assert (done.returncode, venv.python_calls()) == (0, []), done.stderr
+    assert "--sandbox-data" in done.stdout
+
+
+def test_run_sh_without_sandbox_after_the_sandbox_install_installs_nothing(
+        venv: FakeVenv, env: dict[str, str]) -> None:
+    install("sandbox", env)
+    venv.forget_calls()
+    done = run(["./run.sh", "--help"], env)
+    assert (done.returncode, venv.python_calls()) == (0, []), done.stderr
