@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import io
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +38,13 @@ from tests.bot.preview_client import PreviewPage, button_labels, embed_text
 
 #: Seconds `vqgan-clip-bot --sandbox` may take to print its address (it starts an engine).
 START_TIMEOUT = 120
+#: The Chromium the browser test drives: $CHROMIUM, else Debian's (`apt-get install chromium`).
+#: Playwright's own browser downloads are not used.
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+NO_BROWSER = (
+    "needs Playwright (pip install playwright) and Chromium (apt-get install chromium)"
+    if CHROMIUM is None or importlib.util.find_spec("playwright") is None else None
+)
 
 
 def fake_plan(data_dir: Path, *, tiny_models: bool = False) -> SandboxPlan:
@@ -188,6 +197,28 @@ async def test_leaving_the_sandbox_closes_the_engine(tmp_path: Path) -> None:
     async with Sandbox(fake_plan(tmp_path), engine):
         assert not engine.closed
     assert engine.closed
+
+
+@pytest.mark.skipif(NO_BROWSER is not None, reason=NO_BROWSER or "")
+async def test_clicking_reroll_in_a_browser_shows_the_new_result(tmp_path: Path) -> None:
+    """The page as a person uses it: JavaScript, polling, a real click."""
+    from playwright.async_api import async_playwright, expect
+
+    async with sandbox_page(tmp_path) as (sandbox, api):
+        await api.command("imagine", prompt="a red apple")
+        await api.wait_for_message(is_result)
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM)
+            try:
+                page = await browser.new_page()
+                await page.goto(sandbox.url)
+                rerolls = page.get_by_role("button", name="Reroll")
+                await expect(rerolls).to_have_count(1)
+                await rerolls.click()
+                await expect(page.get_by_text("Rerolled for")).to_be_visible(timeout=10_000)
+                await expect(rerolls).to_have_count(2)
+            finally:
+                await browser.close()
 
 
 # --- settings and models ------------------------------------------------------------------------
