@@ -437,6 +437,17 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 # ---------------------------------------------------------------------- vqgan-clip-bot --sandbox
 
 
+def engine_environment(plan: SandboxPlan) -> dict[str, str]:
+    """The engine process's environment. On the tiny models, torch gets one CPU thread
+    unless told otherwise: they gain nothing from more, and on a busy machine its threads
+    spinning against other processes made a 10 s job take minutes."""
+    environment = worker_environment()
+    if plan.tiny_models:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            environment.setdefault(name, "1")
+    return environment
+
+
 def print_line(text: str) -> None:
     """Print to stdout at once, also when it is a pipe (which Python buffers)."""
     print(text, flush=True)
@@ -462,7 +473,7 @@ async def run_sandbox(settings: Settings, data_dir: Path | None,
         except EngineStartError as error:
             print(f"the sandbox could not start: {error}", file=sys.stderr)
             return 1
-        client = EngineClient(worker_command_for(plan.settings), env=worker_environment())
+        client = EngineClient(worker_command_for(plan.settings), env=engine_environment(plan))
         log.info("sandbox: starting the image engine (%s)", model_names(plan.settings))
         try:
             try:

@@ -31,7 +31,7 @@ from PIL import Image
 
 from bot.__main__ import main
 from bot.sandbox import (MIN_PROGRESS_INTERVAL, TINY_MODEL_FILES, Sandbox, SandboxPlan,
-                         plan_sandbox, sandbox_settings)
+                         engine_environment, plan_sandbox, sandbox_settings)
 from tests.bot.conftest import clean_environ, make_settings, raise_unexpected_errors
 from tests.bot.fake_engine import FakeEngine, fast_settings
 from tests.bot.preview_client import PreviewPage, button_labels, embed_text
@@ -254,7 +254,29 @@ async def test_tiny_models_are_made_when_the_configured_ones_are_missing(tmp_pat
     assert (plan.settings.vqgan_model, plan.settings.clip_model) == ("tiny_vqgan", "tiny_clip")
 
 
+@pytest.mark.parametrize("tiny_models", [True, False], ids=["tiny-models", "real-models"])
+def test_the_engine_gets_one_cpu_thread_on_the_tiny_models_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_models: bool) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    environment = engine_environment(fake_plan(tmp_path, tiny_models=tiny_models))
+    assert (environment.get("OMP_NUM_THREADS") == "1") is tiny_models
+
+
+def test_a_thread_count_set_by_the_operator_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert engine_environment(fake_plan(tmp_path, tiny_models=True))["OMP_NUM_THREADS"] == "4"
+
+
 # --- vqgan-clip-bot --sandbox -------------------------------------------------------------------
+
+
+def test_the_bot_on_discord_never_imports_simcord(empty_dir: Path) -> None:
+    """The sandbox's libraries are an optional extra: the bot without --sandbox runs without."""
+    code = ("import sys, bot.__main__, bot.app, cogs.generate, cogs.admin, cogs.info\n"
+            "print('simcord' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=empty_dir, env=clean_environ(),
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "False"), done.stderr
 
 
 def test_sandbox_without_its_extra_says_how_to_install_it(
