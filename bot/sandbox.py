@@ -422,7 +422,10 @@ class Sandbox:
                         await env.advance_time(behind)
                     if self._written.is_set():
                         self._written.clear()
-                        await self.preview.refresh()
+                        # Refused once the page's session ended ("End preview session");
+                        # the bot runs on until the sandbox stops.
+                        with contextlib.suppress(simcord.SetupError):
+                            await self.preview.refresh()
                 except TimeoutError as error:
                     # The bot was busy past SimCord's settle timeout; the next tick catches up.
                     log.debug("sandbox: the bot did not settle in time: %s", error)

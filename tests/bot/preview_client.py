@@ -10,6 +10,7 @@ Tests use this to check what a person at the page would see, without a browser.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -48,18 +49,25 @@ class PreviewPage:
         return list(catalog["entries"])
 
     async def command(self, name: str, **options: Any) -> dict[str, Any]:
-        """Run `/name` with `options`; returns the action's receipt."""
+        """Run `/name` with `options` (an attachment as `(file name, bytes)`); returns the
+        action's receipt."""
         (entry,) = [e for e in await self.commands() if e["invocation"] == name]
-        return await self.act("run_command", command_id=entry["commandId"], path=entry["path"],
-                              schema_fingerprint=entry["schemaFingerprint"], options=options)
+        uploads = {key: value for key, value in options.items() if isinstance(value, tuple)}
+        for index, key in enumerate(uploads):
+            options[key] = {"upload": index}
+        return await self.act("run_command", uploads, command_id=entry["commandId"],
+                              path=entry["path"], schema_fingerprint=entry["schemaFingerprint"],
+                              options=options)
 
     async def click(self, message: dict[str, Any], label: str) -> dict[str, Any]:
         """Click the button labelled `label` on `message` (from `state()["messages"]`)."""
         (button,) = [b for b in buttons(message) if b.get("label") == label]
         return await self.act("click", target_id=message["id"], control_key=button["control_key"])
 
-    async def act(self, kind: str, **fields: Any) -> dict[str, Any]:
-        """Send one action envelope, bound to the state the page shows now."""
+    async def act(self, kind: str, uploads: dict[str, tuple[str, bytes]] | None = None,
+                  **fields: Any) -> dict[str, Any]:
+        """Send one action envelope, bound to the state the page shows now; files go with
+        it as the page sends them (multipart, one `file:<option>` part each, in order)."""
         state = await self.state()
         self.sequence += 1
         body = {
@@ -68,7 +76,15 @@ class PreviewPage:
             "bot_generation": state["botGeneration"],
             "published_revision": state["publishedRevision"], "kind": kind, **fields,
         }
-        return await self._json("POST", "/api/action", body)
+        if not uploads:
+            return await self._json("POST", "/api/action", body)
+        form = aiohttp.FormData()
+        form.add_field("payload", json.dumps(body), content_type="application/json")
+        for option, (filename, data) in uploads.items():
+            form.add_field(f"file:{option}", data, filename=filename)
+        async with self.http.post(self.base + "/api/action", data=form, headers=self.headers) as answer:
+            assert answer.status == 200, f"POST /api/action: HTTP {answer.status} {await answer.text()}"
+            return await answer.json()
 
     async def wait_for_message(self, predicate: Callable[[dict[str, Any]], bool],
                                timeout: float = 10.0) -> dict[str, Any]:

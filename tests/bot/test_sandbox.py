@@ -30,10 +30,10 @@ import pytest
 from PIL import Image
 
 from bot.__main__ import main
-from bot.sandbox import (MIN_PROGRESS_INTERVAL, TINY_MODEL_FILES, Sandbox, SandboxPlan,
+from bot.sandbox import (CLOCK_TICK, MIN_PROGRESS_INTERVAL, TINY_MODEL_FILES, Sandbox, SandboxPlan,
                          engine_environment, plan_sandbox, sandbox_settings)
 from tests.bot.conftest import clean_environ, make_settings, raise_unexpected_errors
-from tests.bot.fake_engine import FakeEngine, fast_settings
+from tests.bot.fake_engine import FakeEngine, fast_settings, png_file
 from tests.bot.preview_client import PreviewPage, button_labels, embed_text
 
 #: Seconds `vqgan-clip-bot --sandbox` may take to print its address (it starts an engine).
@@ -81,6 +81,17 @@ async def test_imagine_from_the_page_shows_the_result_with_reroll_and_edit(tmp_p
         (attachment,) = result["attachments"]
         image = Image.open(io.BytesIO(await page.asset(attachment["asset_id"])))
         assert (image.format, image.size) == ("PNG", (64, 64))
+
+
+async def test_edit_with_a_png_uploaded_from_the_page_edits_that_image(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    async with sandbox_page(tmp_path, engine) as (_, page):
+        name, png = png_file("photo.png", 48, 32)
+        receipt = await page.command("edit", prompt="withered flowers", image=(name, png))
+        assert (receipt["rejected"], receipt["settlement"]) == (False, "settled"), receipt
+        await page.wait_for_message(is_result)
+    (submit,) = engine.submits
+    assert submit.init_image == png
 
 
 async def test_what_the_bot_writes_after_an_action_reaches_the_page_unasked(tmp_path: Path) -> None:
@@ -180,6 +191,18 @@ async def test_the_page_is_on_loopback_and_refuses_requests_without_its_token(tm
         async with aiohttp.ClientSession() as http:
             async with http.post(page.base + "/api/pages", json={}) as answer:
                 assert answer.status == 401
+
+
+async def test_ending_the_session_on_the_page_ends_the_sandbox_cleanly(tmp_path: Path) -> None:
+    """"End preview session" (the page's More menu) is a way to stop: `vqgan-clip-bot
+    --sandbox` waits for it as for Ctrl-C. The bot may still write afterwards."""
+    engine = FakeEngine(blocked=True)
+    async with sandbox_page(tmp_path, engine) as (sandbox, page):
+        await page.command("imagine", prompt="a red apple")
+        await page.act("close")
+        await asyncio.wait_for(sandbox.wait_closed(), 5)
+        engine.release()
+        await asyncio.sleep(2 * CLOCK_TICK)
 
 
 async def test_members_keep_their_ids_from_one_start_to_the_next(tmp_path: Path) -> None:
