@@ -24,6 +24,9 @@ What the sandbox adds to SimCord's page, and why:
   drivers (tests, `scripts/sandbox_screenshots.py`) take turns (`Sandbox.turn`).
 - The progress interval is at least `MIN_PROGRESS_INTERVAL` (3 s): the page loses preview
   images when a message is edited faster than about once a second.
+- Refusals are answers. SimCord records every exception that reaches the bot's error
+  handlers, and the page shows the action as failed; the bot's refusals (`UserError`s,
+  answered by its one handler) are left out (`_record_only_bugs`).
 - The engine's work happens in another process: the engine client's waits are declared to
   SimCord as external input (`ExternallyWaited`), as SimCord requires of anything the bot
   waits on that it cannot see.
@@ -73,6 +76,8 @@ with _without_warnings_from("discord.state", "discord.client"):
 from bot.app import ImagineBot
 from bot.config import Settings
 from bot.engine_client import EngineClient, EngineStartError, EngineStatus, worker_command_for
+from bot.errors import UserError
+from bot.interactions import unwrap
 from bot.services import Engine, worker_environment
 from engine import protocol
 from engine.errors import ModelFileError
@@ -255,8 +260,9 @@ def channel_topic(plan: SandboxPlan) -> str:
     return f"Sandbox: a simulated Discord on this computer. Models: {plan.configured_models}."
 
 
-def welcome_embed(plan: SandboxPlan, kept_in: Path | None) -> discord.Embed:
-    """The bot's first message in the channel: what this page is and how to use it."""
+def welcome_embed(plan: SandboxPlan, kept_in: Path | None, device: str | None) -> discord.Embed:
+    """The bot's first message in the channel: what this page is and how to use it
+    (`device`: where the engine runs, when it has said so)."""
     embed = discord.Embed(
         title="VQGAN-CLIP sandbox",
         description=(
@@ -284,7 +290,7 @@ def welcome_embed(plan: SandboxPlan, kept_in: Path | None) -> discord.Embed:
                   f"({plan.configured_models}) are not in MODEL_DIR; these only show the "
                   "machinery. `vqgan-clip download --list` shows how to get the real ones.")
     else:
-        models = f"{plan.configured_models} (DEVICE={plan.settings.device})"
+        models = f"{plan.configured_models}, on {device or 'the ' + plan.settings.device + ' device'}"
     embed.add_field(name="Models", value=models, inline=False)
     data = (f"kept in `{kept_in}`" if kept_in is not None
             else "throwaway: deleted when the sandbox stops (`--sandbox-data DIR` keeps them)")
@@ -354,6 +360,7 @@ class Sandbox:
         # hides other members' attachments from the bot exactly as Discord does.
         env = self.env = simcord.Env(bot, approved_intents=discord.Intents.none())
         env.backend.bot_user.name = BOT_NAME
+        _record_only_bugs(env)  # before start: SimCord hands its recorder out then
         guild = env.create_guild("VQGAN-CLIP sandbox")
         mods = guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
         self.channel = guild.create_text_channel("imagine", topic=channel_topic(self.plan))
@@ -372,7 +379,8 @@ class Sandbox:
             await env.advance_time(behind)
         channel = bot.get_channel(self.channel.id)
         assert isinstance(channel, discord.TextChannel)
-        await channel.send(embed=welcome_embed(self.plan, self.kept_in))
+        ready = self.engine.ready_info
+        await channel.send(embed=welcome_embed(self.plan, self.kept_in, ready.device if ready else None))
         self.preview = await self._stack.enter_async_context(env.preview(
             self.channel, viewers=[self.members[name] for name in MEMBERS], layout="channel",
             port=self.port))
@@ -429,6 +437,24 @@ class Sandbox:
                 except TimeoutError as error:
                     # The bot was busy past SimCord's settle timeout; the next tick catches up.
                     log.debug("sandbox: the bot did not settle in time: %s", error)
+
+
+def _record_only_bugs(env: simcord.Env) -> None:
+    """Make SimCord record only the bot's bugs, not its refusals.
+
+    SimCord records every exception that reaches the bot's error handlers, and the page
+    reports an action that recorded one as failed ("outcome uncertain", a diagnostic). This
+    bot sends its refusals (a bad prompt, a full queue, not an admin) down that very path on
+    purpose, as `UserError`s, to its one handler, which answers them: an answered refusal
+    is not a failure. Anything else still shows on the page as one.
+    """
+    record = env._record_error
+
+    def record_bugs(error: BaseException) -> None:
+        if not isinstance(unwrap(error), UserError):
+            record(error)
+
+    setattr(env, "_record_error", record_bugs)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -94,6 +94,16 @@ async def test_edit_with_a_png_uploaded_from_the_page_edits_that_image(tmp_path:
     assert submit.init_image == png
 
 
+async def test_a_refusal_is_shown_as_the_bots_answer_not_as_a_failed_action(tmp_path: Path) -> None:
+    """The bot refuses through its one error handler, where SimCord sees an exception; the
+    page would call the action failed ("outcome uncertain") and keep the draft."""
+    async with sandbox_page(tmp_path) as (_, page):
+        receipt = await page.command("imagine", prompt="castle:0")
+        assert (receipt["settlement"], receipt["diagnostics"]) == ("settled", []), receipt
+        answer = await page.wait_for_message(lambda m: "can't be used" in m["content"])
+    assert answer["ephemeral"]
+
+
 async def test_what_the_bot_writes_after_an_action_reaches_the_page_unasked(tmp_path: Path) -> None:
     """The result arrives while nobody acts on the page: only the sandbox's refresh on the
     bot's write can show it (SimCord publishes after actions only)."""
