@@ -12,15 +12,25 @@ Everything here works on the whole batch of cutouts at once:
 - the augmentations are kornia modules applied to the batch (kornia draws per-sample
   parameters itself); the Gaussian noise is one tensor op.
 
-Reproducibility: kornia samples from torch's global RNG, which we must not disturb (other
-code in the process uses it) and cannot hand a generator to. So each call draws one seed
-from the caller's `torch.Generator` and runs inside `torch.random.fork_rng`, seeded with it:
-the same generator state gives the same cutouts, and the global RNG is left as it was.
+Reproducibility without device syncs: kornia samples from torch's global RNG, which we
+must not disturb (other code in the process uses it) and cannot hand a generator to. So each
+call draws one seed from the caller's CPU `torch.Generator` and runs inside
+`torch.random.fork_rng`, seeded with it: the same generator state gives the same cutouts,
+and every RNG the call seeds is restored afterwards.
+
+- kornia draws its parameters on the host (its default). kornia 0.9 copies them to the GPU
+  without blocking, so the GPU never waits for the host; parameters drawn on the GPU would
+  be copied back to the host by kornia's affine and perspective code, one blocking sync
+  each, four per step.
+- the boxes and the noise are drawn on the images' device, from that device's RNG (seeded
+  for this call alone), so nothing crosses between host and device for them.
+
+Only the CPU RNG and, for CUDA images, the images' own GPU's RNG are seeded, and exactly
+those are restored (`torch.manual_seed` would reseed every GPU, and `fork_rng` restore only
+the ones named).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -74,7 +84,8 @@ class MakeCutouts(nn.Module):
     ) -> Tensor:
         """(batch*cutn, 5) float32 roi_align boxes ``(image_index, x1, y1, x2, y2)`` on `device`.
 
-        Drawn on the device itself: a host-to-device copy would stall the GPU every step.
+        Drawn on the device itself (from `generator`, or that device's global RNG): a blocking
+        host-to-device copy would stall the GPU every step.
         """
         n = batch * self.cutn
         max_size = float(min(height, width))
@@ -83,18 +94,9 @@ class MakeCutouts(nn.Module):
         size = r[0].pow(self.cut_pow) * (max_size - min_size) + min_size
         x1 = r[1] * (width - size)
         y1 = r[2] * (height - size)
-        index = torch.arange(batch, device=device, dtype=torch.float32).repeat_interleave(self.cutn)
+        # expand, not repeat_interleave: the output size is known without asking the device.
+        index = torch.arange(batch, device=device, dtype=torch.float32)[:, None].expand(batch, self.cutn).reshape(n)
         return torch.stack([index, x1, y1, x1 + size, y1 + size], dim=1)
-
-    def _sample_on(self, device: torch.device) -> None:
-        """Let kornia draw its parameters on the images' device (it defaults to the CPU, and
-        moving them over each step would sync with the GPU)."""
-        if self.augs is None or getattr(self, "_rng_device", None) == device:
-            return
-        for module in self.augs:
-            augmentation: Any = module  # a kornia augmentation (kornia is untyped)
-            augmentation.set_rng_device_and_dtype(device, torch.float32)
-        self._rng_device = device
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """(B, 3, H, W) in [0, 1] -> (B*cutn, 3, cut_size, cut_size); differentiable in x.
@@ -108,13 +110,11 @@ class MakeCutouts(nn.Module):
         batch, _, height, width = x.shape
         # A CPU generator: reading its draw is not a device sync.
         seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-        if x.device.type == "cuda":
-            devices = [x.device.index if x.device.index is not None else torch.cuda.current_device()]
-        else:
-            devices = []
-        self._sample_on(x.device)
-        with torch.random.fork_rng(devices=devices, device_type="cuda"):
-            torch.manual_seed(seed)
+        gpus = [_cuda_index(x.device)] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=gpus, device_type="cuda"):
+            torch.default_generator.manual_seed(seed)  # kornia's parameters, drawn on the host
+            for gpu in gpus:
+                torch.cuda.default_generators[gpu].manual_seed(seed)  # boxes and noise
             boxes = self.boxes(height, width, batch, device=x.device).to(x.dtype)
             cutouts = roi_align(
                 x, boxes, output_size=self.cut_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True
@@ -126,3 +126,8 @@ class MakeCutouts(nn.Module):
                 noise = torch.randn(cutouts.shape, device=x.device, dtype=cutouts.dtype)
                 cutouts = cutouts + scale * self.noise_fac * noise
         return cutouts
+
+
+def _cuda_index(device: torch.device) -> int:
+    """The GPU a CUDA tensor lives on (a tensor's device always has an index; be safe)."""
+    return device.index if device.index is not None else torch.cuda.current_device()

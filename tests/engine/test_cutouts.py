@@ -69,3 +69,18 @@ def test_without_augmentation_a_full_crop_is_the_resized_image() -> None:
     plain = MakeCutouts(cut_size=16, cutn=1, noise_fac=0.0, augment=False)
     x = torch.rand(1, 3, 16, 16)
     assert torch.allclose(plain(x, torch.Generator().manual_seed(0)), x, atol=1e-5)
+
+
+def test_cutouts_of_an_image_on_a_device_never_read_it(cutouts: MakeCutouts) -> None:
+    """kornia draws its parameters on the host: drawn on the images' device, its affine and
+    perspective code would read them back, a sync with the GPU each. Any read from the meta
+    device raises."""
+    x = _image().to("meta")
+    assert cutouts(x, torch.Generator().manual_seed(1)).shape == (6, 3, 24, 24)
+    assert cutouts(x, torch.Generator().manual_seed(2)).device.type == "meta"
+
+
+def test_the_host_rng_is_left_untouched_for_an_image_on_a_device(cutouts: MakeCutouts) -> None:
+    state = torch.get_rng_state()
+    cutouts(_image().to("meta"), torch.Generator().manual_seed(1))
+    assert torch.equal(state, torch.get_rng_state())
