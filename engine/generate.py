@@ -1,28 +1,32 @@
 """The VQGAN-CLIP optimisation loop (Crowson et al. 2022), as `Generator.run(request)`.
 
 Nothing is trained. A latent `z` (VQGAN's pre-quantisation space) is optimised with Adam so
-that CLIP finds the decoded image close to the prompts:
+that CLIP finds the decoded image close to the targets. In the paper's terms:
 
-- start: random codebook entries (generation) or the VQGAN encoding of the init image (edit);
-- each step: quantise z with a straight-through gradient, decode, map to [0, 1] with a
-  gradient-preserving clamp, cut `cutn` augmented cutouts, embed them with CLIP, and take the
-  squared spherical distance to each prompt's embedding, averaged over cutouts, times the
-  prompt's weight (negative weights push away), summed over prompts;
-- plus the paper's weighted L2 penalty ``alpha * mean(z^2)``, decayed linearly to 0 over the
-  run (early it keeps z near the codebook's typical scale so structure forms first; late it
-  gets out of the way of detail). Edits penalise ``keep_structure * mean((z - z0)^2)``
-  instead, which keeps the result near the source; masked edits gate z's gradient with the
-  latent mask and composite the decoded image over the source with the feathered mask;
+- start (section 2): random codebook entries (generation) or the VQGAN encoding of the init
+  image (edit); an edit differs from a generation only in where it starts;
+- each step: quantise z with a straight-through gradient (2.1), decode, map to [0, 1] with a
+  gradient-preserving clamp, cut `cutn` augmented cutouts (2.3), embed them with CLIP, and
+  take the squared spherical distance of each cutout to each target (2.2), averaged over
+  cutouts, times the target's weight (negative weights push away), summed over targets
+  (prompt addition, G.1). The targets are the text prompts, the image prompts and, in masked
+  edits, the original image (G.2);
+- plus the weighted L2 penalty α·mean(z²) (2.4), α decayed over the run by `l2_decay`
+  (`engine.method.l2_weight`), for generations and edits alike; and, opt-in for edits,
+  `keep_structure`·mean((z - z0)²), which keeps the latent near the source's;
+- masked edits (2.5, G.2) gate z's gradient with the latent mask and composite the decoded
+  image over the source with the feathered mask;
 - after each step z is clamped to the codebook's range (an edit's own start is always in
   range), so it cannot drift where the decoder has never been.
 
 Reproducibility: one CPU `torch.Generator` seeded from `seed` drives the start codes and all
 cutout randomness, so the same seed, inputs and device give the same PNG bytes on CPU.
 
-Speed on GPU: CLIP and the decoder run under autocast (bf16 where supported, else fp16),
-the decoder in channels_last; nothing syncs with the host inside the loop except at
-progress points (`loss.item()` and the preview), and all cutouts go through CLIP as one
-batch.
+Speed on a GPU (`Numerics`): the decoder runs under autocast in the loop (bf16 where the GPU
+computes it natively, else fp16) and in channels_last; CLIP runs in its own dtype (fp16, as
+openai-clip loads it); the loss is scaled wherever fp16 is in the backward pass. Nothing
+reads from the device between progress points: `_report` and `_finish` are the only reads,
+and all cutouts go through CLIP as one batch.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import math
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -46,12 +50,26 @@ from engine.errors import Cancelled, InputImageError, OutOfMemoryError, PromptEr
 from engine.images import fit_to_size, png_bytes
 from engine.limits import out_of_memory_advice
 from engine.masking import Mask, clip_mask, mask_from_image
+from engine.method import (
+    G2_ORIGINAL_WEIGHT,
+    KEEP_STRUCTURE,
+    L2_ALPHA,
+    L2_DECAY,
+    L2_DECAYS,
+    PAPER_BETAS,
+    PAPER_ITERATIONS,
+    PAPER_LR,
+    L2Decay,
+    l2_weight,
+)
+from engine.models.loading import Models
 from engine.prompts import ImagePrompt, TextPrompt, format_prompts
 
 __all__ = [
     "GenerationRequest",
     "GenerationResult",
     "Generator",
+    "Numerics",
     "Progress",
     "ClampWithGrad",
     "round_size",
@@ -67,17 +85,19 @@ class GenerationRequest:
     image_prompts: list[ImagePrompt] = field(default_factory=list)
     init_image: Image.Image | None = None  # editing when set
     size: tuple[int, int] = (512, 512)
-    iterations: int = 400
+    iterations: int = PAPER_ITERATIONS
     seed: int | None = None
     cutn: int = 32
-    lr: float = 0.15
+    lr: float = PAPER_LR
     replace: str | None = None  # masked edit: the source phrase to find and change
     mask_image: Image.Image | None = None  # masked edit: user mask (white/opaque = change)
     progress_every: int = 10
-    # Beyond the contract's fields, with the paper's/notebook's defaults:
+    # Beyond the contract's fields; the numbers' sources are in engine.method:
     cut_pow: float = 1.0
-    l2_weight: float = 0.1  # alpha of the decayed L2 penalty on z (generation, masked area)
-    keep_structure: float = 0.5  # edits: weight of mean((z - z0)^2)
+    l2_weight: float = L2_ALPHA  # section 2.4's α in α·mean(z²), generations and edits alike
+    l2_decay: L2Decay = L2_DECAY  # how α falls over the run: linear, step or inverse
+    keep_structure: float = KEEP_STRUCTURE  # edits, opt-in: weight of mean((z - z0)²)
+    original_weight: float = G2_ORIGINAL_WEIGHT  # masked edits: each cutout's distance to the original (G.2)
     preview_size: int = 256  # longest side of Progress.preview
 
 
@@ -94,7 +114,8 @@ class Progress:
 
 @dataclass
 class GenerationResult:
-    """The finished image; `png` carries the prompt, seed, size and models as text chunks."""
+    """The finished image; `png` carries the prompt, seed, size, models and the method's
+    settings as text chunks."""
 
     image: Image.Image
     png: bytes
@@ -105,6 +126,44 @@ class GenerationResult:
     loss: float = math.nan  # loss at the last iteration
     mask: Image.Image | None = None  # masked edits: the mask used (white = changed)
     note: str | None = None  # something to tell the user (e.g. a mask fallback)
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """How the loop computes on its device.
+
+    `decoder_dtype`: the decoder's autocast dtype inside the loop (float32: no autocast).
+    `scale_gradients`: scale the loss for the backward pass (GradScaler), because fp16
+    gradients underflow without it; bf16 has fp32's range and needs none.
+
+    CLIP always runs in its own dtype, without autocast: under bf16 autocast its fp16
+    weights were re-cast on every call, to less precision than they have. What is computed
+    once per job (the source's encoding, the targets, the final image) is computed in fp32.
+    """
+
+    decoder_dtype: torch.dtype = torch.float32
+    scale_gradients: bool = False
+
+    @classmethod
+    def for_models(cls, models: Models) -> Numerics:
+        """CPU: fp32 throughout. CUDA: bf16 where the models' GPU computes it natively
+        (compute capability 8.0 and up), else fp16; scaled wherever fp16 computes gradients,
+        which with openai-clip's fp16 CLIP is every CUDA run.
+
+        `is_bf16_supported()` counts emulated bf16 by default (a T4 or V100 would get bf16
+        slower than fp16) and asks about the current device, which need not be the models'.
+        """
+        device = torch.device(models.device)
+        if device.type != "cuda":
+            return cls()
+        with torch.cuda.device(device):
+            native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        return cls.with_decoder(torch.bfloat16 if native_bf16 else torch.float16, models.perceptor.dtype)
+
+    @classmethod
+    def with_decoder(cls, decoder_dtype: torch.dtype, clip_dtype: torch.dtype) -> Numerics:
+        """The decoder in `decoder_dtype`, the loss scaled if it or CLIP computes in fp16."""
+        return cls(decoder_dtype, scale_gradients=torch.float16 in (decoder_dtype, clip_dtype))
 
 
 class ClampWithGrad(torch.autograd.Function):
@@ -131,6 +190,32 @@ def spherical_dist_loss(x: Tensor, y: Tensor) -> Tensor:
     The clamp only guards arcsin against rounding just above 1 for opposite vectors.
     """
     return (x - y).norm(dim=-1).div(2).clamp(max=1.0).arcsin().pow(2).mul(2)
+
+
+@dataclass
+class _Target:
+    """CLIP embeddings every cutout is drawn towards (weight > 0) or pushed from (< 0)."""
+
+    embeds: Tensor  # (K, D) unit vectors, fp32; a cutout's loss is its mean distance to the K
+    weight: float
+
+
+def _clip_loss(embeds: Tensor, targets: list[_Target]) -> Tensor:
+    """Sections 2.2 and G.1: the weighted sum over targets of the squared spherical distance
+    of the cutouts' embeddings (cutn, D) to the target's, averaged over both."""
+    return torch.stack([
+        target.weight * spherical_dist_loss(embeds[:, None], target.embeds[None]).mean()  # (cutn, K)
+        for target in targets
+    ]).sum()
+
+
+def _composite(image: Tensor, blend: tuple[Tensor, Tensor] | None) -> Tensor:
+    """Masked edits: the decoded image inside the mask, the source outside (`blend` is the
+    feathered mask and the source already multiplied by its complement)."""
+    if blend is None:
+        return image
+    inside, outside = blend
+    return inside * image + outside
 
 
 def round_size(size: tuple[int, int], factor: int) -> tuple[int, int]:
@@ -181,11 +266,15 @@ def _validate(request: GenerationRequest) -> None:
         (size_ok, "the size must be two positive whole numbers (width, height)"),
         (math.isfinite(request.cut_pow) and request.cut_pow > 0, "cut_pow must be a positive number"),
         (math.isfinite(request.l2_weight) and request.l2_weight >= 0, "l2_weight must be 0 or more"),
+        (request.l2_decay in L2_DECAYS, f"l2_decay must be one of {', '.join(L2_DECAYS)}"),
         (math.isfinite(request.keep_structure) and request.keep_structure >= 0, "keep_structure must be 0 or more"),
+        (math.isfinite(request.original_weight) and request.original_weight >= 0, "original_weight must be 0 or more"),
     ]
     for ok, message in checks:
         if not ok:
             raise PromptError(message)
+    if request.keep_structure and request.init_image is None:
+        raise PromptError("keep_structure keeps an edit near the image it edits: give an image to edit")
     if request.replace is not None and request.mask_image is not None:
         raise PromptError("give either a phrase to replace or a mask image, not both")
     if request.replace is not None and not request.replace.strip():
@@ -201,22 +290,18 @@ def _validate(request: GenerationRequest) -> None:
 
 
 class Generator:
-    """Runs generation requests on loaded models. One job at a time per instance."""
+    """Runs generation requests on loaded models. One job at a time per instance.
 
-    def __init__(self, models) -> None:  # models: engine.models.Models
+    `numerics` defaults to `Numerics.for_models(models)`; tests and the benchmark pass
+    another to try a precision the GPU would not be given by default.
+    """
+
+    def __init__(self, models: Models, numerics: Numerics | None = None) -> None:
         self.models = models
         self.device = torch.device(models.device)
-        self.cuda = self.device.type == "cuda"
-        if self.cuda:
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.numerics = numerics if numerics is not None else Numerics.for_models(models)
+        if self.device.type == "cuda":
             models.vqgan.to(memory_format=torch.channels_last)
-        else:
-            self.amp_dtype = torch.float32
-
-    def _autocast(self):
-        if self.cuda:
-            return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
-        return contextlib.nullcontext()
 
     def run(
         self,
@@ -241,26 +326,12 @@ class Generator:
             out_of_memory = True
         # Outside the except block, so the traceback's frames (and their tensors) are gone.
         gc.collect()
-        if self.cuda:
+        if self.device.type == "cuda":
             torch.cuda.empty_cache()
         assert out_of_memory
         raise OutOfMemoryError(out_of_memory_advice(size, factor))
 
     # -- the loop ----------------------------------------------------------------------
-    def _synth(self, z: Tensor) -> Tensor:
-        vqgan = self.models.vqgan
-        z_q = vqgan.quantize(z)
-        if self.cuda:
-            z_q = z_q.contiguous(memory_format=torch.channels_last)
-        with self._autocast():
-            x = vqgan.decode(z_q)
-        return ClampWithGrad.apply(x.float().add(1).div(2), 0.0, 1.0)
-
-    def _embed(self, cutouts: Tensor) -> Tensor:
-        with self._autocast():
-            embeds = self.models.perceptor.encode_image(cutouts)
-        return F.normalize(embeds.float(), dim=-1)
-
     def _run(
         self,
         request: GenerationRequest,
@@ -269,57 +340,35 @@ class Generator:
         on_progress: Callable[[Progress], None] | None,
         should_cancel: Callable[[], bool] | None,
     ) -> GenerationResult:
-        start = time.monotonic()
-        models, device = self.models, self.device
-        vqgan, perceptor = models.vqgan, models.perceptor
+        started = time.monotonic()
+        vqgan, device = self.models.vqgan, self.device
         factor = int(vqgan.factor)
-        width, height = size
         generator = torch.Generator().manual_seed(seed)
-        cutouts = MakeCutouts(perceptor.input_resolution, request.cutn, request.cut_pow)
+        cutouts = MakeCutouts(self.models.perceptor.input_resolution, request.cutn, request.cut_pow)
 
-        # Targets: one CLIP batch for all texts; image prompts through the same cutouts.
-        text_targets: tuple[Tensor, Tensor] | None = None  # (embeddings, weights)
-        if request.prompts:
-            with torch.no_grad(), self._autocast():
-                text_embeds = F.normalize(perceptor.encode_text([p.text for p in request.prompts]).float(), dim=-1)
-            text_targets = (text_embeds, torch.tensor([p.weight for p in request.prompts], device=device))
-        image_targets: list[tuple[Tensor, float]] = []
-        for prompt in request.image_prompts:
-            with torch.no_grad():
-                picture = _to_tensor(fit_to_size(prompt.image.convert("RGB"), size), device)
-                image_targets.append((self._embed(cutouts(picture, generator)), float(prompt.weight)))
-
-        # Start: the encoded init image, or random codes.
-        source = z0 = None
-        mask: Mask | None = None
         with torch.no_grad():
-            if request.init_image is not None:
-                source = _to_tensor(fit_to_size(request.init_image.convert("RGB"), size), device)
-                with self._autocast():
-                    z0 = vqgan.encode(source.mul(2).sub(1).to(vqgan.dtype)).float()
-                z = z0.clone()
-            else:
-                z = vqgan.random_z(1, height // factor, width // factor, generator=generator).float()
-            codebook = vqgan.codebook.float()
-            z_min = codebook.min(dim=0).values.view(1, -1, 1, 1)
-            z_max = codebook.max(dim=0).values.view(1, -1, 1, 1)
-            if z0 is not None:
-                z_min, z_max = torch.minimum(z_min, z0), torch.maximum(z_max, z0)
-            if request.replace is not None:
+            targets = self._prompt_targets(request, size, cutouts, generator)
+            source = (_to_tensor(fit_to_size(request.init_image.convert("RGB"), size), device)
+                      if request.init_image is not None else None)  # (1, 3, H, W) in [0, 1]
+            z0 = self._encode(source) if source is not None else None
+            z = z0.clone() if z0 is not None else vqgan.random_z(
+                1, size[1] // factor, size[0] // factor, generator=generator).float()
+            z_min, z_max = self._z_range(z0)
+            mask = self._mask(request, source, size)
+            blend: tuple[Tensor, Tensor] | None = None
+            if mask is not None:
                 assert source is not None, "a masked edit has an image to edit (_validate)"
-                with self._autocast():
-                    mask = clip_mask(perceptor, source, request.replace, factor)
-            elif request.mask_image is not None:
-                mask = mask_from_image(request.mask_image, size, factor, device)
+                blend = (mask.image, (1 - mask.image) * source)
+                targets += self._original_target(request, source, cutouts, generator)
         z.requires_grad_(True)
-        # Masked edits: the result is `inside * decoded + outside`, the source kept outside.
-        blend: tuple[Tensor, Tensor] | None = None
-        if mask is not None:
-            assert source is not None, "a masked edit has an image to edit (_validate)"
-            blend = (mask.image, (1 - mask.image) * source)
+        if mask is not None:  # section 2.5: only the masked tokens may move
             latent_mask = mask.latent.to(z.dtype)
             z.register_hook(lambda grad: grad * latent_mask)
-        optimizer = torch.optim.Adam([z], lr=request.lr, betas=(0.9, 0.999))
+        # Fused Adam takes the scaler's inf check on the device; another optimizer would make
+        # the scaler ask the host whether to step, a sync every iteration.
+        optimizer = torch.optim.Adam([z], lr=request.lr, betas=PAPER_BETAS,
+                                     fused=True if self.numerics.scale_gradients else None)
+        scaler = torch.amp.GradScaler(device.type, enabled=self.numerics.scale_gradients)
 
         total = request.iterations
         loss = torch.zeros((), device=device)
@@ -327,46 +376,117 @@ class Generator:
             if should_cancel is not None and should_cancel():
                 raise Cancelled()
             optimizer.zero_grad(set_to_none=True)
-            out = self._synth(z)
-            if blend is not None:
-                out = blend[0] * out + blend[1]
-            embeds = self._embed(cutouts(out, generator))
-            loss = torch.zeros((), device=device)
-            if text_targets is not None:
-                text_embeds, text_weights = text_targets
-                dists = spherical_dist_loss(embeds[:, None], text_embeds[None])  # (cutn, P)
-                loss = loss + (dists.mean(dim=0) * text_weights).sum()
-            for target, weight in image_targets:
-                loss = loss + spherical_dist_loss(embeds[:, None], target[None]).mean() * weight
-            decay = 1.0 - i / total
-            if mask is not None:
-                loss = loss + request.l2_weight * decay * (z.pow(2) * latent_mask).mean()
-            elif z0 is not None:
+            image = _composite(self._synth(z), blend)  # (1, 3, H, W) in [0, 1]
+            embeds = self._embed(cutouts(image, generator))  # (cutn, D); section 2.3
+            loss = _clip_loss(embeds, targets)  # sections 2.2, G.1 and G.2
+            loss = loss + l2_weight(request.l2_weight, request.l2_decay, i, total) * z.pow(2).mean()  # 2.4
+            if z0 is not None and request.keep_structure:  # opt-in, not the paper's
                 loss = loss + request.keep_structure * (z - z0).pow(2).mean()
-            else:
-                loss = loss + request.l2_weight * decay * z.pow(2).mean()
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)  # skipped, on the device, when a scaled gradient overflowed
+            scaler.update()
             with torch.no_grad():
                 z.copy_(torch.maximum(torch.minimum(z, z_max), z_min))
             iteration = i + 1
             if on_progress is not None and (iteration % request.progress_every == 0 or iteration == total):
-                on_progress(Progress(iteration, total, float(loss.detach()), _preview(out, request.preview_size),
-                                     time.monotonic() - start))
+                self._report(on_progress, iteration, total, loss, image, request.preview_size, started)
+        return self._finish(request, size, seed, z, blend, mask, loss, started)
 
+    # -- the steps the loop calls ----------------------------------------------------------
+    def _synth(self, z: Tensor, mixed_precision: bool = True) -> Tensor:
+        """z -> image (1, 3, H, W) in [0, 1]: quantise with a straight-through gradient,
+        decode (under `numerics.decoder_dtype` unless `mixed_precision` is off), clamp."""
+        vqgan = self.models.vqgan
+        z_q = vqgan.quantize(z)
+        if self.device.type == "cuda":
+            z_q = z_q.contiguous(memory_format=torch.channels_last)
+        with self._decoder_autocast() if mixed_precision else contextlib.nullcontext():
+            x = vqgan.decode(z_q)
+        return ClampWithGrad.apply(x.float().add(1).div(2), 0.0, 1.0)
+
+    def _decoder_autocast(self) -> ContextManager[object]:
+        if self.numerics.decoder_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.numerics.decoder_dtype)
+
+    def _embed(self, cutouts: Tensor) -> Tensor:
+        """(N, 3, R, R) -> (N, D) unit fp32 embeddings; CLIP in its own dtype, no autocast."""
+        return F.normalize(self.models.perceptor.encode_image(cutouts), dim=-1)
+
+    def _encode(self, source: Tensor) -> Tensor:
+        """An edit's start: the source's latent, in fp32 (once per job: precision over speed)."""
+        vqgan = self.models.vqgan
+        return vqgan.encode(source.mul(2).sub(1).to(vqgan.dtype)).float()
+
+    def _z_range(self, z0: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Per-channel bounds z is clamped to: the codebook's range, widened to an edit's start."""
+        codebook = self.models.vqgan.codebook.float()
+        z_min = codebook.min(dim=0).values.view(1, -1, 1, 1)
+        z_max = codebook.max(dim=0).values.view(1, -1, 1, 1)
+        if z0 is not None:
+            z_min, z_max = torch.minimum(z_min, z0), torch.maximum(z_max, z0)
+        return z_min, z_max
+
+    def _prompt_targets(self, request: GenerationRequest, size: tuple[int, int], cutouts: MakeCutouts,
+                        generator: torch.Generator) -> list[_Target]:
+        """The text prompts (one CLIP batch, fp32 targets) and the image prompts (seen through
+        the same cutouts as the image, so both sides are views of the same kind)."""
+        perceptor = self.models.perceptor
+        targets: list[_Target] = []
+        if request.prompts:
+            texts = F.normalize(perceptor.encode_text([p.text for p in request.prompts]).float(), dim=-1)  # (P, D)
+            targets += [_Target(texts[k:k + 1], float(p.weight)) for k, p in enumerate(request.prompts)]
+        for prompt in request.image_prompts:
+            picture = _to_tensor(fit_to_size(prompt.image.convert("RGB"), size), self.device)
+            targets.append(_Target(self._embed(cutouts(picture, generator)), float(prompt.weight)))  # (cutn, D)
+        return targets
+
+    def _original_target(self, request: GenerationRequest, source: Tensor, cutouts: MakeCutouts,
+                         generator: torch.Generator) -> list[_Target]:
+        """Appendix G.2: "for every crop we compute the distance of the embedding of this crop
+        to the embedding of the original image", weighted by `original_weight`.
+
+        The original's embedding is taken as CLIP sees the image in the loop: the direction of
+        the mean of its cutouts' embeddings. A single view of the whole image would sit away
+        from where an unchanged image's cutouts land, so it would pull even an unchanged image.
+        """
+        if not request.original_weight:
+            return []
+        views = self._embed(cutouts(source, generator))  # (cutn, D)
+        return [_Target(F.normalize(views.mean(dim=0, keepdim=True), dim=-1), request.original_weight)]
+
+    def _mask(self, request: GenerationRequest, source: Tensor | None, size: tuple[int, int]) -> Mask | None:
+        """Masked edits: CLIP's mask of the `replace` phrase, or the user's mask image."""
+        factor = int(self.models.vqgan.factor)
+        if request.replace is not None:
+            assert source is not None, "a masked edit has an image to edit (_validate)"
+            return clip_mask(self.models.perceptor, source, request.replace, factor)
+        if request.mask_image is not None:
+            return mask_from_image(request.mask_image, size, factor, self.device)
+        return None
+
+    def _report(self, on_progress: Callable[[Progress], None], iteration: int, total: int, loss: Tensor,
+                image: Tensor, preview_size: int, started: float) -> None:
+        """A progress point. With `_finish`, the only place the loop reads from the device
+        (the loss and a preview): between progress points the GPU never waits for the host."""
+        on_progress(Progress(iteration, total, float(loss.detach()), _preview(image, preview_size),
+                             time.monotonic() - started))
+
+    def _finish(self, request: GenerationRequest, size: tuple[int, int], seed: int, z: Tensor,
+                blend: tuple[Tensor, Tensor] | None, mask: Mask | None, loss: Tensor,
+                started: float) -> GenerationResult:
+        """The result: z decoded once more, in fp32 (the loop's autocast dtype buys speed; the
+        image kept gets full precision)."""
         with torch.no_grad():
-            final = self._synth(z)
-            if blend is not None:
-                final = blend[0] * final + blend[1]
+            final = _composite(self._synth(z, mixed_precision=False), blend)
         image = _to_pil(final)
-        seconds = time.monotonic() - start
         metadata = self._metadata(request, size, seed, mask)
         return GenerationResult(
             image=image,
             png=png_bytes(image, metadata),
             seed=seed,
-            seconds=seconds,
-            iterations=total,
+            seconds=time.monotonic() - started,
+            iterations=request.iterations,
             size=size,
             loss=float(loss.detach()),
             mask=mask.to_pil() if mask is not None else None,
@@ -374,6 +494,7 @@ class Generator:
         )
 
     def _metadata(self, request: GenerationRequest, size: tuple[int, int], seed: int, mask: Mask | None) -> dict[str, str]:
+        """Everything needed to run the job again, as PNG text chunks."""
         try:
             prompt = format_prompts(request.prompts) if request.prompts else ""
         except PromptError:
@@ -387,9 +508,15 @@ class Generator:
             "clip": str(self.models.clip_name),
             "cutn": str(request.cutn),
             "lr": f"{request.lr:g}",
+            "l2": f"{request.l2_weight:g}",
+            "l2_decay": request.l2_decay,
             "mode": "edit" if request.init_image is not None else "generate",
             "software": f"vqgan-clip-bot {__version__}",
         }
+        if request.init_image is not None:
+            meta["keep_structure"] = f"{request.keep_structure:g}"
+        if mask is not None:
+            meta["original_weight"] = f"{request.original_weight:g}"
         if request.image_prompts:
             meta["image_prompts"] = ", ".join(f"{p.weight:g}" for p in request.image_prompts)
         if request.replace is not None:

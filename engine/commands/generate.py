@@ -18,6 +18,17 @@ from pathlib import Path
 from engine import registry
 from engine.errors import EngineError
 from engine.limits import check_seed
+from engine.method import (
+    G2_ORIGINAL_WEIGHT,
+    KEEP_STRUCTURE,
+    L2_ALPHA,
+    L2_DECAY,
+    L2_DECAYS,
+    NOTEBOOK_STEP_EVERY,
+    NOTEBOOK_STEPS,
+    PAPER_ITERATIONS,
+    PAPER_LR,
+)
 
 DEFAULT_SIZE = 512
 TIMELAPSE_FORMATS = {".webp": "WEBP", ".gif": "GIF"}
@@ -93,12 +104,23 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=parse_size, default=None,
                         help="WIDTHxHEIGHT or one number for a square, rounded down to the VQGAN's factor "
                              f"(default {DEFAULT_SIZE}; for edit, the image's aspect with the long side {DEFAULT_SIZE})")
-    parser.add_argument("--iterations", type=_positive_int, default=400, help="optimisation steps (default 400)")
+    parser.add_argument("--iterations", type=_positive_int, default=PAPER_ITERATIONS,
+                        help=f"optimisation steps (default {PAPER_ITERATIONS}, the paper's)")
     parser.add_argument("--seed", type=_seed, default=None,
                         help="random seed, 0 to 2**53 (default: a new one, printed)")
     parser.add_argument("--cutn", type=_positive_int, default=32, help="cutouts per step (default 32)")
     parser.add_argument("--cut-pow", type=_positive_number, default=1.0, help="cutout size power; >1 favours small crops (default 1)")
-    parser.add_argument("--lr", type=_positive_number, default=0.15, help="Adam learning rate (default 0.15)")
+    parser.add_argument("--lr", type=_positive_number, default=PAPER_LR,
+                        help=f"Adam learning rate (default {PAPER_LR:g}, the paper's)")
+    parser.add_argument("--l2", type=_non_negative_number, default=L2_ALPHA, metavar="ALPHA",
+                        help="weight α of the paper's L2 penalty α·mean(z²) on the latent (section 2.4), "
+                             f"for generations and edits alike (default {L2_ALPHA:g}, the authors' notebook's; "
+                             "0 = off)")
+    parser.add_argument("--l2-decay", choices=L2_DECAYS, default=L2_DECAY,
+                        help="how α falls over the run: linear, from α to 0 over the run; "
+                             f"step, α/{NOTEBOOK_STEPS} off every {NOTEBOOK_STEP_EVERY} iterations, 0 from "
+                             f"iteration {NOTEBOOK_STEPS * NOTEBOOK_STEP_EVERY} (the authors' notebook); "
+                             f"inverse, α/(2i+1) (default {L2_DECAY})")
     parser.add_argument("--image-prompt", action="append", default=[], metavar="PATH[:WEIGHT]",
                         help="an image the result should resemble (negative weight: not resemble); repeatable")
     parser.add_argument("--vqgan", default=registry.DEFAULT_VQGAN,
@@ -139,8 +161,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="change only where CLIP sees PHRASE (e.g. 'flowers')")
     target.add_argument("--mask", type=Path, default=None,
                         help="change only the white (or opaque) area of this mask image")
-    edit.add_argument("--keep-structure", type=_non_negative_number, default=0.5,
-                      help="how strongly to stay close to the original (default 0.5; 0 = free)")
+    edit.add_argument("--keep-structure", type=_non_negative_number, default=KEEP_STRUCTURE, metavar="WEIGHT",
+                      help="opt-in: also penalise WEIGHT·mean((z - z0)²), keeping the result's latent near "
+                           "the original's; with --replace or --mask, inside the mask "
+                           f"(default {KEEP_STRUCTURE:g}: off, as in the paper)")
+    edit.add_argument("--original-weight", type=_non_negative_number, default=None, metavar="WEIGHT",
+                      help="with --replace or --mask: weight of each cutout's distance to the original "
+                           "image, beside the prompt's (paper appendix G.2; "
+                           f"default {G2_ORIGINAL_WEIGHT:g}; 0 = prompt only)")
     _add_common(edit)
     edit.set_defaults(func=run_edit)
 
@@ -175,6 +203,10 @@ def _run(args: argparse.Namespace, init_path: Path | None) -> int:
     mask_image = None
     if getattr(args, "mask", None) is not None:
         mask_image = load_image(args.mask, what="mask", keep_alpha=True)
+    original_weight = getattr(args, "original_weight", None)
+    if original_weight is not None and getattr(args, "replace", None) is None and mask_image is None:
+        raise EngineError("--original-weight weighs the original image in masked edits: "
+                          "add --replace PHRASE or --mask IMAGE, or leave it out")
     output: Path = args.output
     if output.is_dir():
         raise EngineError(f"the output {output} is a folder; name the PNG to write, e.g. "
@@ -203,8 +235,10 @@ def _run(args: argparse.Namespace, init_path: Path | None) -> int:
     request = GenerationRequest(
         prompts=prompts, image_prompts=image_prompts, init_image=init_image, size=size,
         iterations=args.iterations, seed=args.seed, cutn=args.cutn, lr=args.lr, cut_pow=args.cut_pow,
+        l2_weight=args.l2, l2_decay=args.l2_decay,
         replace=getattr(args, "replace", None), mask_image=mask_image,
-        keep_structure=getattr(args, "keep_structure", 0.5),
+        keep_structure=getattr(args, "keep_structure", KEEP_STRUCTURE),
+        original_weight=original_weight if original_weight is not None else G2_ORIGINAL_WEIGHT,
         progress_every=args.save_every or min(10, args.iterations),
         preview_size=max(size) if frames_wanted else 256,
     )

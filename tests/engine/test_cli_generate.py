@@ -130,6 +130,8 @@ BAD_OPTIONS = [
     (["--lr", "fast"], "--lr: expected a number, not 'fast'"),
     (["--cut-pow", "-1"], "--cut-pow: expected a number above 0, not '-1'"),
     (["--cut-pow", "inf"], "--cut-pow: expected a finite number, not 'inf'"),
+    (["--l2", "-0.1"], "--l2: expected 0 or a positive number, not '-0.1'"),
+    (["--l2-decay", "cosine"], "--l2-decay: invalid choice: 'cosine'"),
 ]
 
 
@@ -146,6 +148,7 @@ EDIT_BAD_OPTIONS = [
     (["--keep-structure", "-0.5"], "--keep-structure: expected 0 or a positive number, not '-0.5'"),
     (["--keep-structure", "nan"], "--keep-structure: expected a finite number, not 'nan'"),
     (["--replace", " \t "], "--replace: the phrase is empty; name the part of the image to change"),
+    (["--original-weight", "-1"], "--original-weight: expected 0 or a positive number, not '-1'"),
 ]
 
 
@@ -159,6 +162,43 @@ def test_a_bad_edit_option_is_a_usage_error_before_the_models_load(
         main(["edit", str(photo), "a cat", "-o", str(tmp_path / "x.png"), *options])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_original_weight_without_a_mask_exits_1_before_the_models_load(
+        tmp_path: Path, capsys, models_must_not_load) -> None:
+    """The G.2 weight weighs the original in masked edits; elsewhere it would do nothing."""
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8)).save(photo)
+    assert main(["edit", str(photo), "a cat", "-o", str(tmp_path / "x.png"), "--original-weight", "1"]) == 1
+    assert "--original-weight weighs the original image in masked edits" in capsys.readouterr().err
+
+
+HELP_NAMES = {
+    "imagine": ["--l2 ALPHA", "--l2-decay {linear,step,inverse}", "section 2.4", "default 0.75", "default linear"],
+    "edit": ["--l2 ALPHA", "--l2-decay {linear,step,inverse}", "--keep-structure WEIGHT", "--original-weight WEIGHT",
+             "appendix G.2", "default 0.5"],
+}
+
+
+@pytest.mark.parametrize("command", list(HELP_NAMES))
+def test_help_documents_the_method_options(command: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert all(name in text for name in HELP_NAMES[command]), text
+
+
+def test_edit_options_reach_the_png(tiny_models, tmp_path: Path) -> None:
+    photo, mask, out = tmp_path / "photo.png", tmp_path / "mask.png", tmp_path / "edited.png"
+    Image.new("RGB", (32, 32), (30, 120, 40)).save(photo)
+    Image.new("L", (32, 32), 255).save(mask)
+    assert main(["edit", str(photo), "a cat", "--mask", str(mask), "-o", str(out), "--size", "32",
+                 "--iterations", "1", "--l2", "0.3", "--l2-decay", "step", "--keep-structure", "0.2",
+                 "--original-weight", "0.7", *_tiny_args(tiny_models)]) == 0
+    meta = png_metadata(out.read_bytes())
+    assert ((meta["l2"], meta["l2_decay"], meta["keep_structure"], meta["original_weight"])
+            == ("0.3", "step", "0.2", "0.7"))
 
 
 def test_an_output_that_is_a_folder_exits_1_before_the_models_load(
