@@ -24,6 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.method import L2_ALPHA, L2_DECAY, L2_DECAYS  # noqa: E402 (stdlib only: --help stays instant)
+
+DECODER_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
 # taming's vqgan_imagenet_f16_16384 config (model.yaml), as a dict.
 VQGAN_F16_16384 = {
     "model": {
@@ -91,12 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cutn", type=int, default=32, help="cutouts per iteration (default 32)")
     parser.add_argument("--iterations", type=int, default=20, help="timed iterations (default 20)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
+    parser.add_argument("--l2", type=float, default=L2_ALPHA, help=f"the loop's α (default {L2_ALPHA:g})")
+    parser.add_argument("--l2-decay", choices=L2_DECAYS, default=L2_DECAY, help=f"α's schedule (default {L2_DECAY})")
+    parser.add_argument("--decoder-dtype", choices=("auto", *DECODER_DTYPES), default="auto",
+                        help="the decoder's precision in the loop (default auto: bf16 where the GPU computes "
+                             "it natively, else fp16; fp32 on the CPU); the loss is scaled wherever fp16 is used")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
 
     import torch
 
-    from engine.generate import GenerationRequest, Generator
+    from engine.generate import GenerationRequest, Generator, Numerics
     from engine.models.loading import pick_device
     from engine.prompts import parse_prompt
 
@@ -104,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     models = build_models(device)
     build_seconds = time.perf_counter() - started
-    generator = Generator(models)
+    numerics = None
+    if args.decoder_dtype != "auto":
+        numerics = Numerics.with_decoder(getattr(torch, DECODER_DTYPES[args.decoder_dtype]), models.perceptor.dtype)
+    generator = Generator(models, numerics)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -114,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     request = GenerationRequest(
         prompts=parse_prompt("a forest rendered in low poly"), size=args.size, cutn=args.cutn,
         iterations=warmup + args.iterations, seed=0, progress_every=warmup, preview_size=64,
+        l2_weight=args.l2, l2_decay=args.l2_decay,
     )
     # Progress points sync with the device (loss.item()), so the stamps are honest.
     result = generator.run(request, on_progress=lambda p: stamps.append((p.iteration, time.perf_counter())))
@@ -124,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "size": f"{result.size[0]}x{result.size[1]}",
+        "decoder_dtype": str(generator.numerics.decoder_dtype).removeprefix("torch."),
+        "scaled_gradients": generator.numerics.scale_gradients,
         "cutn": args.cutn,
         "timed_iterations": last_it - first_it,
         "seconds_per_iteration": round(per_iteration, 4),
