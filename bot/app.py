@@ -127,21 +127,24 @@ class ImagineBot(commands.Bot):
         for name in self.cog_names:
             await self.load_extension(name)
             log.debug("loaded extension %s", name)
-        guild_id = self.settings.dev_guild_id
-        if guild_id is not None:
-            guild = discord.Object(id=guild_id)
-            self.tree.copy_global_to(guild=guild)
-            self.synced_commands = await self.tree.sync(guild=guild)
-            where = f"server {guild_id} (DEV_GUILD_ID)"
-        else:
-            self.synced_commands = await self.tree.sync()
-            where = "all servers (global; new commands can take up to an hour to appear)"
+        where = await self.sync_commands()
         log.info(
             "synced %d slash command(s) to %s: %s",
             len(self.synced_commands), where,
             ", ".join(f"/{c.name}" for c in self.synced_commands) or "none",
         )
         self._runner.start(warm_engine=self._warm_engine)
+
+    async def sync_commands(self) -> str:
+        """Register the slash commands with Discord; returns where, for the log."""
+        guild_id = self.settings.dev_guild_id
+        if guild_id is not None:
+            guild = discord.Object(id=guild_id)
+            self.tree.copy_global_to(guild=guild)
+            self.synced_commands = await self.tree.sync(guild=guild)
+            return f"server {guild_id} (DEV_GUILD_ID)"
+        self.synced_commands = await self.tree.sync()
+        return "all servers (global; new commands can take up to an hour to appear)"
 
     async def close(self) -> None:
         """Stop taking jobs, log out, then stop the engine and close the database.

@@ -166,11 +166,15 @@ class ExternallyWaited:
 
 
 class SandboxBot(ImagineBot):
-    """The bot as the sandbox runs it. Only its ready line differs: there is no Discord
-    application to invite."""
+    """The bot as the sandbox runs it. Only what it logs differs: there is no Discord
+    application to invite, and its commands reach the simulated server at once."""
 
     async def on_ready(self) -> None:
         log.info("sandbox: the bot is ready")
+
+    async def sync_commands(self) -> str:
+        self.synced_commands = await self.tree.sync()
+        return "the sandbox's simulated server (at once)"
 
 
 # ---------------------------------------------------------------------- settings, models
