@@ -18,13 +18,16 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import render
 from bot.app import ImagineBot
 from bot.eta import estimate, running_remaining, seconds_per_iteration
 from bot.jobs import Job
 from bot.permissions import is_admin, member_role_ids
 from bot.quotas import QuotaSource, QuotaStatus
 from bot.render import discord_relative_time, format_duration, quoted
+from bot.requests import member_iterations, member_shape, shape_size
 from bot.services import Services
+from bot.store import MemberSettings
 
 HELP_TITLE = "How to ask for an image"
 HELP_DESCRIPTION = (
@@ -130,6 +133,22 @@ def format_quota_status(status: QuotaStatus, now: float) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------ member defaults
+
+
+def member_defaults_lines(services: Services, member: MemberSettings) -> list[str]:
+    """A member's own defaults (`/settings`) against this server's settings, one line each:
+    what `/settings` and `/usage` show."""
+    settings = services.settings
+    shape = member_shape(member)
+    return render.member_defaults_lines(
+        shape=shape, shape_size=shape_size(settings, shape),
+        iterations=member_iterations(settings, member), iterations_set=member.iterations,
+        server_size=settings.default_size, server_iterations=settings.default_iterations,
+        max_iterations=settings.max_iterations,
+    )
+
+
 # ------------------------------------------------------------------ the cog
 
 
@@ -166,6 +185,9 @@ class Info(commands.Cog):
             f"**Your images {where}**\n{format_quota_status(status, services.quotas.clock())}\n"
             "-# Each image counts for 24 h after you asked for it; failed and cancelled ones are free."
         )
+        if guild_id is not None:
+            member = await services.store.get_member_settings(guild_id, interaction.user.id)
+            text += "\n" + render.usage_defaults(member_defaults_lines(services, member))
         await interaction.response.send_message(text, ephemeral=True)
 
 
