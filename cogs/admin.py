@@ -20,7 +20,8 @@ and its last error in full. Members only ever read "the image engine is down"; t
 can name the server's files, so it is shown here, to admins, privately, and in the log.
 
 `/blocklist add|remove|list` keeps this server's blocked words and phrases (how they match:
-`bot.blocklist`; the check itself runs where every request is queued, `bot.enqueue`).
+`bot.blocklist`; the check itself runs where every request is queued, `bot.enqueue`), and
+`/stats` shows this server's last 7 days (what each figure counts: `bot.stats`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from bot.blocklist import MAX_TERMS, fold, parse_terms
 from bot.errors import UserError
 from bot.permissions import admin_only, member_role_ids, require_admin
 from bot.quotas import QuotaStatus
+from bot.stats import guild_stats
 from bot.store import AddOutcome
 from cogs.info import QUOTA_SOURCE_TEXT, describe_limit, format_quota_status
 
@@ -80,7 +82,7 @@ def limit_with_source(status: QuotaStatus) -> str:
 
 
 class Admin(commands.Cog):
-    """The `/quota` and `/blocklist` command groups and `/status` (Manage Server only)."""
+    """The `/quota` and `/blocklist` command groups, `/status` and `/stats` (Manage Server only)."""
 
     quota = app_commands.Group(
         name="quota",
@@ -343,6 +345,19 @@ class Admin(commands.Cog):
         terms = await self.bot.services.store.list_blocked_terms(guild_id(interaction))
         await interaction.response.send_message(
             render.blocklist_list(list(terms.values()), MAX_TERMS), ephemeral=True)
+
+    # -------------------------------------------------------------- figures
+
+    @app_commands.command(
+        name="stats",
+        description="This server's last 7 days: images, top members, GPU time, waits, failures (Manage Server)",
+    )
+    @app_commands.guild_only()
+    @app_commands.default_permissions(manage_guild=True)
+    async def stats(self, interaction: discord.Interaction) -> None:
+        store = self.bot.services.store
+        figures = await guild_stats(store, guild_id(interaction), store.clock())
+        await interaction.response.send_message(embed=render.stats_embed(figures), ephemeral=True)
 
     async def _server_default_text(self, guild_id: int) -> str:
         """`10 images per 24 h, this server's own` or `..., the bot's default`."""
