@@ -68,16 +68,26 @@ HELP_FIELDS: tuple[tuple[str, str], ...] = (
         "`/usage` shows your daily quota: how many images you have left and when the "
         "next one frees up.",
     ),
+    (
+        "Your defaults",
+        "`/settings shape:wide iterations:300` sets your own default shape and iterations on "
+        "this server, used whenever you leave them out. `/settings` alone shows them; "
+        "`reset:` puts the server's back.",
+    ),
 )
-#: Shown only to members with Manage Server (the only ones who can use /quota and /status).
+#: Shown only to members with Manage Server (the only ones who can use its commands).
 HELP_ADMIN_FIELD: tuple[str, str] = (
-    "For admins: `/quota`, `/status`",
+    "For admins: `/quota`, `/status`, `/blocklist`, `/stats`",
     "`/quota set @member images:20` (or `unlimited:True`; `images:0` = may not make images), "
     "`/quota reset @member`, `/quota default images:10` (or `unlimited:True`), "
     "`/quota reset-default`, `/quota unlimited @role` (`remove:True` to undo), "
     "`/quota show [@member]`.\n"
     "`/status`: the image engine (state, device, models, last error), the queue and "
-    "today's jobs. Needs Manage Server.",
+    "today's jobs.\n"
+    "`/blocklist add gore, blood bath` refuses prompts with those words or phrases (whole "
+    "words, any case); `/blocklist remove`, `/blocklist list`.\n"
+    "`/stats`: this server's last 7 days: images per day, top members, GPU time, waits, "
+    "failures. All of these need Manage Server.",
 )
 
 #: Longest prompt quoted back in `/queue`; longer ones are cut with an ellipsis.
@@ -85,7 +95,7 @@ PROMPT_PREVIEW_CHARS = 80
 
 
 def help_embed(*, admin: bool = False) -> discord.Embed:
-    """The embed `/help` answers with; `admin` adds the `/quota` and `/status` field."""
+    """The embed `/help` answers with; `admin` adds the field of the admin commands."""
     embed = discord.Embed(title=HELP_TITLE, description=HELP_DESCRIPTION, colour=discord.Colour.blurple())
     fields = HELP_FIELDS + ((HELP_ADMIN_FIELD,) if admin else ())
     for name, value in fields:
