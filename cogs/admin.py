@@ -329,15 +329,18 @@ class Admin(commands.Cog):
     async def blocklist_remove_complete(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        """Entries that contain what is typed after the last comma."""
+        """Entries that contain what is typed after the last comma, completing that part.
+
+        Discord takes at most 25 choices of at most 100 characters each: an entry whose
+        completed value would be longer is offered alone, without the terms before it."""
         if interaction.guild_id is None:
             return []
         done, _comma, typing = current.rpartition(",")
-        prefix = f"{done}, " if done else ""
+        prefix = f"{done.strip()}, " if done.strip() else ""
         typed = fold(typing.strip())
         entries = (await self.bot.services.store.list_blocked_terms(interaction.guild_id)).values()
         matches = [term for term in entries if typed in fold(term)]
-        return [app_commands.Choice(name=term, value=(prefix + term)[:1000])
+        return [app_commands.Choice(name=term, value=prefix + term if len(prefix + term) <= 100 else term)
                 for term in matches[:25]]
 
     @blocklist.command(name="list", description="The words and phrases blocked on this server")

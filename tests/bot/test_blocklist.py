@@ -232,6 +232,17 @@ async def test_blocklist_remove_autocompletes_the_entries_for_admins_only() -> N
         assert await world.alice.autocomplete(world.channel, "blocklist remove", "terms", "") == []
 
 
+async def test_blocklist_remove_autocomplete_values_stay_within_discords_100_characters() -> None:
+    async with running_world() as world:
+        long_term = "a" * 40 + " " + "b" * 39
+        await block(world, f"gore, {long_term}")
+
+        typed = f"{long_term}, {long_term}, go"
+        offered = await world.mod.autocomplete(world.channel, "blocklist remove", "terms", typed)
+
+        assert [(c["name"], c["value"]) for c in offered] == [("gore", "gore")]
+
+
 async def test_blocklist_list_is_private_and_escapes_the_terms() -> None:
     async with running_world() as world:
         await block(world, "bad_word, @everyone party")
