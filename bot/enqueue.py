@@ -4,11 +4,14 @@ The order is what makes "a rejected request costs nothing" true:
 
 1. everything checkable without side effects (`bot.requests`: prompt, sizes, images) was
    checked by the caller;
-2. `scheduler.check_capacity` (too many jobs waiting or running -> refused, nothing stored);
-3. `quotas.admit(...)`, which atomically re-checks the quota and runs the enqueue step:
+2. the server's blocklist (`bot.blocklist.check_request`), here rather than in the callers,
+   so that no way of asking can skip it;
+3. `scheduler.check_capacity` (too many jobs waiting or running -> refused, nothing stored);
+4. `quotas.admit(...)`, which atomically re-checks the quota and runs the enqueue step:
    save input images, store the job, post its message, put it in the queue.
-A refusal raises a `UserError` (`QueueFull`, `QuotaExceeded`, `RequestRejected`), which the
-one error handler shows privately; nothing is queued and no quota is used then.
+A refusal raises a `UserError` (`PromptBlocked`, `QueueFull`, `QuotaExceeded`,
+`RequestRejected`), which the one error handler shows privately; nothing is queued and no
+quota is used then.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import discord
 
 from bot import render
 from bot.attachments import save_input
+from bot.blocklist import check_request
 from bot.engine_client import EngineState
 from bot.eta import estimate
 from bot.interactions import answer, defer, services_of
@@ -54,6 +58,7 @@ async def enqueue(services: Services, interaction: discord.Interaction, request:
     channel: Any = interaction.channel
     if channel is None or not hasattr(channel, "send"):
         channel = interaction.client.get_partial_messageable(interaction.channel_id or 0, guild_id=guild_id)
+    await check_request(services.store, guild_id, request)
     services.scheduler.check_capacity(user_id)
 
     async def add() -> Queued:

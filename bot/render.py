@@ -8,6 +8,7 @@ inside the embed that names it, instead of as a separate file under the message)
 
 from __future__ import annotations
 
+import datetime
 import math
 import time
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ import discord
 
 from bot.engine_client import EngineState, EngineStatus
 from bot.jobs import Job
+from bot.stats import GuildStats, Spread
 
 #: Colours per state, so a glance at the channel tells waiting, working, done, failed.
 COLOUR_QUEUED = discord.Colour.light_grey()
@@ -317,4 +319,215 @@ def status_embed(
                         value=when + code_block(engine.last_error, STATUS_ERROR_LIMIT),
                         inline=False)
     embed.set_footer(text="Only you can see this: the error may name the server's files.")
+    return embed
+
+
+# ---- issue 11 items 9-10: /blocklist, /stats (admins), /settings and /usage (members) ----
+
+BLOCKLIST_NO_TERMS = (
+    "Name a word or phrase, e.g. `/blocklist add terms:gore`; separate several with commas "
+    "(`gore, blood bath`)."
+)
+#: How much of `/blocklist list` one answer shows (a message holds 2000 characters).
+BLOCKLIST_LIST_CHARS = 1700
+
+
+def blocklist_term_too_long(term: str, limit: int) -> str:
+    return (f"{quoted(term, 40)} is {len(term)} characters; an entry may have at most {limit}. "
+            "Block a shorter word or phrase.")
+
+
+def blocklist_term_without_words(term: str) -> str:
+    return (f"{quoted(term, 40)} has no letters or digits, so it can never match a whole word. "
+            "Block words or phrases, e.g. `gore`.")
+
+
+def prompt_blocked(term: str) -> str:
+    """The private refusal of a blocked request: which entry (escaped, as all user text),
+    and that nothing was queued or charged."""
+    return (f"This server's admins have blocked {quoted(term, 90)}, and your request contains "
+            "it. Rephrase it and try again. Nothing was queued and you were not charged.")
+
+
+def _quoted_list(terms: list[str]) -> str:
+    return ", ".join(quoted(term, 90) for term in terms)
+
+
+def blocklist_full(count: int, adding: int, limit: int) -> str:
+    return (f"The blocklist has {count} of at most {limit} entries, so {adding} more do not fit; "
+            "nothing was added. Remove some with `/blocklist remove`, or block fewer at once.")
+
+
+def blocklist_added(added: list[str], already: list[str], full: list[str], count: int,
+                    limit: int) -> str:
+    lines = []
+    if added:
+        lines.append(f"Blocked on this server: {_quoted_list(added)}. Prompts with "
+                     f"{'it' if len(added) == 1 else 'them'} are now refused, privately and free.")
+    if already:
+        lines.append(f"Already blocked, nothing changed: {_quoted_list(already)}.")
+    if full:
+        lines.append(f"Not added, the blocklist is full ({limit}): {_quoted_list(full)}.")
+    lines.append(f"-# The blocklist has {count} of at most {limit} entries.")
+    return "\n".join(lines)
+
+
+def blocklist_removed(removed: list[str], missing: list[str], count: int) -> str:
+    lines = []
+    if removed:
+        lines.append(f"No longer blocked: {_quoted_list(removed)}.")
+    if missing:
+        lines.append(f"Not on the blocklist, nothing changed: {_quoted_list(missing)}. "
+                     "See `/blocklist list`.")
+    lines.append(f"-# The blocklist has {count} {'entry' if count == 1 else 'entries'}.")
+    return "\n".join(lines)
+
+
+def blocklist_list(terms: list[str], limit: int) -> str:
+    """`/blocklist list`: every entry that fits in one message, then how many more."""
+    if not terms:
+        return ("Nothing is blocked on this server. Add words or phrases with "
+                "`/blocklist add terms:...`.")
+    head = f"**Blocked on this server** ({len(terms)} of at most {limit}):\n"
+    shown: list[str] = []
+    length = len(head)
+    for term in terms:
+        item = quoted(term, 90)
+        if length + len(item) + 2 > BLOCKLIST_LIST_CHARS:
+            break
+        shown.append(item)
+        length += len(item) + 2
+    more = len(terms) - len(shown)
+    return head + ", ".join(shown) + (f"\n… and {more} more." if more else "")
+
+
+#: Labels of the shapes (`bot.requests.SHAPES`), as `/imagine size:` offers them.
+SHAPE_LABELS: dict[str, str] = {
+    "square": "square (1:1)",
+    "portrait": "portrait (3:4)",
+    "landscape": "landscape (4:3)",
+    "wide": "wide (16:9)",
+    "tall": "tall (9:16)",
+}
+
+
+def settings_iterations_out_of_range(asked: int, maximum: int) -> str:
+    return (f"Your default `iterations` must be between 1 and {maximum} on this server "
+            f"(you asked for {asked}).")
+
+
+def settings_reset_conflict(field_name: str) -> str:
+    return (f"You asked to both set and reset `{field_name}`: do one of the two. "
+            "`reset` puts the server's default back.")
+
+
+def member_defaults_lines(*, shape: str | None, shape_size: tuple[int, int],
+                          iterations: int | None, iterations_set: int | None,
+                          server_size: tuple[int, int], server_iterations: int,
+                          max_iterations: int) -> list[str]:
+    """A member's defaults, one line each, as `/settings` and `/usage` show them.
+
+    `shape` is the member's own shape (None: the server's default size) and `shape_size` the
+    size it gives here; `iterations` is what applies (the member's own, capped at
+    MAX_ITERATIONS; None: the server's), `iterations_set` what the member stored."""
+    server_size_text = f"{server_size[0]}×{server_size[1]}"
+    if shape is None:
+        shape_line = f"Shape: **the server's default**, {server_size_text}."
+    else:
+        shape_line = (f"Shape: **{SHAPE_LABELS.get(shape, shape)}**, "
+                      f"{shape_size[0]}×{shape_size[1]}, your own "
+                      f"(server default: {server_size_text}).")
+    if iterations is None:
+        iterations_line = f"Iterations: **the server's default**, {server_iterations}."
+    elif iterations_set is not None and iterations_set > iterations:
+        iterations_line = (f"Iterations: **{iterations}**, your own: you set {iterations_set}, and "
+                           f"this server now allows at most {max_iterations}.")
+    else:
+        iterations_line = (f"Iterations: **{iterations}**, your own "
+                           f"(server default: {server_iterations}, at most {max_iterations}).")
+    return [shape_line, iterations_line]
+
+
+def settings_text(lines: list[str], *, changed: bool) -> str:
+    """`/settings`: the member's defaults and how they apply."""
+    head = "Saved. " if changed else ""
+    return "\n".join([
+        f"**{head}Your defaults on this server**", *lines,
+        "-# They apply when you leave `size` out of `/imagine` (a starting image keeps its "
+        "own shape) and `iterations` out of `/imagine` or `/edit`; an option you give still "
+        "wins. Change them with `/settings shape:… iterations:…`, or put the server's "
+        "defaults back with `/settings reset:…`.",
+    ])
+
+
+def usage_defaults(lines: list[str]) -> str:
+    """The part of `/usage` that names the member's defaults."""
+    return "\n".join(["**Your defaults** (`/settings`)", *lines])
+
+
+def stat_duration(seconds: float | None) -> str:
+    """`under 1 s`, `42 s`, `1 min 35 s`, `2 h 5 min`: a measured duration, rounded to the
+    nearest unit (unlike `format_duration`, an estimate rounded up: "2 min" for a median
+    of 95 s would misreport a measurement)."""
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return "under 1 s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+def _spread_text(spread: Spread, noun: str) -> str:
+    if spread.count == 0:
+        return f"no {noun} yet"
+    return (f"median {stat_duration(spread.median)} · 95% within {stat_duration(spread.p95)} "
+            f"({spread.count} {noun})")
+
+
+def _utc_date(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%a %Y-%m-%d")
+
+
+#: The longest bar of the images-per-day chart.
+STATS_BAR_WIDTH = 12
+#: How much of an error text `/stats` quotes.
+STATS_CAUSE_CHARS = 120
+
+
+def stats_embed(stats: GuildStats) -> discord.Embed:
+    """`/stats`, for admins: the server's last days (what counts is said in `bot.stats`)."""
+    embed = discord.Embed(title="This server's images, last 7 days", colour=COLOUR_RUNNING)
+    most = max((count for _day, count in stats.per_day), default=0)
+    rows = []
+    for day, count in stats.per_day:
+        bar = "█" * (math.ceil(count / most * STATS_BAR_WIDTH) if most else 0)
+        rows.append(f"{_utc_date(day)} {bar:<{STATS_BAR_WIDTH}} {count}")
+    embed.add_field(name=f"Images per day (UTC): {stats.images} in all",
+                    value="```\n" + "\n".join(rows) + "\n```", inline=False)
+    top = "\n".join(f"{rank}. <@{user_id}>: {count} {'image' if count == 1 else 'images'}"
+                    for rank, (user_id, count) in enumerate(stats.top_users, 1))
+    embed.add_field(name="Top members", value=top or "nobody yet", inline=False)
+    embed.add_field(name="GPU time", value=f"{stats.gpu_seconds / 60:.1f} min", inline=False)
+    embed.add_field(name="Waiting (queued → started)",
+                    value=_spread_text(stats.waiting, "jobs started"), inline=False)
+    embed.add_field(name="Running (started → done)",
+                    value=_spread_text(stats.running, "images"), inline=False)
+    if stats.failed == 0:
+        failures = "none"
+    else:
+        lines = [f"{count} × {quoted(cause, STATS_CAUSE_CHARS) if cause else '(no reason recorded)'}"
+                 for cause, count in stats.failures]
+        other = stats.failed - sum(count for _cause, count in stats.failures)
+        if other:
+            lines.append(f"{other} × other causes")
+        failures = "\n".join(lines)
+    embed.add_field(name=f"Failures: {stats.failed}", value=failures, inline=False)
+    embed.set_footer(text=f"This server only, since 00:00 UTC on {_utc_date(stats.since)}. "
+                          "Only you can see this.")
     return embed

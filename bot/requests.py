@@ -19,6 +19,7 @@ from bot.config import MIN_SIDE, SIZE_MULTIPLE, Settings
 from bot.errors import UserError
 from bot.jobs import Job, JobKind
 from bot.render import user_text
+from bot.store import MemberSettings
 from engine.errors import EngineError, PromptError
 from engine.limits import check_seed
 from engine.prompts import TextPrompt, parse_prompt
@@ -109,6 +110,19 @@ def validate_iterations(settings: Settings, iterations: int | None) -> int:
             f"{settings.default_iterations}."
         )
     return iterations
+
+
+def member_iterations(settings: Settings, member: MemberSettings) -> int | None:
+    """The member's own default iterations (`/settings`) within today's MAX_ITERATIONS
+    (it may have been lowered since they chose), or None when they set none."""
+    if member.iterations is None:
+        return None
+    return max(1, min(member.iterations, settings.max_iterations))
+
+
+def member_shape(member: MemberSettings) -> str | None:
+    """The member's own default shape (`/settings`), if it is still one of SHAPES."""
+    return member.shape if member.shape in SHAPES else None
 
 
 def _round_down(value: float) -> int:

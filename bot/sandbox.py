@@ -280,7 +280,8 @@ def welcome_embed(plan: SandboxPlan, kept_in: Path | None, device: str | None) -
     embed.add_field(
         name="Members",
         value="Switch with **Viewing as** at the top. *you* and *friend* are ordinary members; "
-              "*mod* has Manage Server: `/quota`, `/status`, and cancelling anyone's job.",
+              "*mod* has Manage Server: `/quota`, `/status`, `/blocklist`, `/stats`, and "
+              "cancelling anyone's job.",
         inline=False,
     )
     embed.add_field(

@@ -20,6 +20,7 @@ import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,30 @@ class QuotaLimit:
         return self.limit is None
 
 
+@dataclass(frozen=True)
+class MemberSettings:
+    """A member's own defaults in one server (`/settings`); None = the server's default.
+
+    `shape` is a key of `bot.requests.SHAPES`; `iterations` is as the member set it, which
+    may be above a MAX_ITERATIONS lowered since (`bot.requests.member_iterations` caps it).
+    """
+
+    shape: str | None = None
+    iterations: int | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return self.shape is None and self.iterations is None
+
+
+class AddOutcome(StrEnum):
+    """What `Store.add_blocked_term` did."""
+
+    ADDED = "added"
+    ALREADY = "already"  # an entry with the same key was there: nothing changed
+    FULL = "full"  # the server already has `max_terms` entries: nothing changed
+
+
 _SCHEMA_V1 = """
 CREATE TABLE jobs (
     id                  TEXT PRIMARY KEY,
@@ -126,8 +151,36 @@ CREATE TABLE guild_settings (
 );
 """
 
+# Issue 11 items 9-10: blocked words per server (`/blocklist`), a member's own defaults
+# (`/settings`), and an index for `/stats`, which reads one server's recently finished jobs.
+_SCHEMA_BLOCKLIST_AND_MEMBER_SETTINGS = """
+-- `folded` is the match key (bot.blocklist.term_key: the term's words, case-folded, one
+-- space apart): one row per key, so "Bad-Word" and "bad word" are one entry. `term` is
+-- the entry as the admin typed it, for /blocklist list.
+CREATE TABLE blocked_terms (
+    guild_id INTEGER NOT NULL,
+    folded   TEXT NOT NULL CHECK (folded <> ''),
+    term     TEXT NOT NULL,
+    added_by INTEGER NOT NULL,
+    added_at REAL NOT NULL,
+    PRIMARY KEY (guild_id, folded)
+);
+
+-- A member's own defaults in one server; NULL = the server's default. A row with both
+-- NULL is deleted, so a row present means something is set.
+CREATE TABLE member_settings (
+    guild_id   INTEGER NOT NULL,
+    user_id    INTEGER NOT NULL,
+    shape      TEXT,
+    iterations INTEGER CHECK (iterations IS NULL OR iterations >= 1),
+    PRIMARY KEY (guild_id, user_id)
+);
+
+CREATE INDEX jobs_guild_finished ON jobs (guild_id, finished_at);
+"""
+
 #: MIGRATIONS[i] upgrades a database at user_version i to i + 1. Append; never edit.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_BLOCKLIST_AND_MEMBER_SETTINGS)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _JOB_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Job))
@@ -594,9 +647,161 @@ class Store:
         )
         return cursor.rowcount > 0
 
+    # ------------------------------------------------------------------ blocklist (/blocklist)
+
+    async def list_blocked_terms(self, guild_id: int) -> dict[str, str]:
+        """The server's blocked entries, match key -> the term as typed, by key."""
+        async with self._db.execute(
+            "SELECT folded, term FROM blocked_terms WHERE guild_id = ? ORDER BY folded",
+            (guild_id,),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return {str(folded): str(term) for folded, term in rows}
+
+    async def add_blocked_term(
+        self, guild_id: int, key: str, term: str, *, added_by: int, max_terms: int
+    ) -> AddOutcome:
+        """Block `term` (match key `key`) unless its key is there or the server has
+        `max_terms` entries. One statement, so the bound holds whatever runs beside it."""
+        if not key:
+            raise ValueError("a blocked term needs a non-empty key")
+        cursor = await self._db.execute(
+            "INSERT INTO blocked_terms (guild_id, folded, term, added_by, added_at) "
+            "SELECT ?, ?, ?, ?, ? WHERE (SELECT COUNT(*) FROM blocked_terms WHERE guild_id = ?) < ? "
+            "ON CONFLICT (guild_id, folded) DO NOTHING",
+            (guild_id, key, term, added_by, self.clock(), guild_id, max_terms),
+        )
+        if cursor.rowcount > 0:
+            return AddOutcome.ADDED
+        async with self._db.execute(
+            "SELECT 1 FROM blocked_terms WHERE guild_id = ? AND folded = ?", (guild_id, key)
+        ) as found:
+            return AddOutcome.ALREADY if await found.fetchone() is not None else AddOutcome.FULL
+
+    async def remove_blocked_term(self, guild_id: int, key: str) -> str | None:
+        """Unblock the entry with this key; the term as it was typed, or None if none."""
+        async with self._db.execute(
+            "SELECT term FROM blocked_terms WHERE guild_id = ? AND folded = ?", (guild_id, key)
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        await self._db.execute(
+            "DELETE FROM blocked_terms WHERE guild_id = ? AND folded = ?", (guild_id, key)
+        )
+        return str(row[0])
+
+    # ------------------------------------------------------------------ member defaults (/settings)
+
+    async def get_member_settings(self, guild_id: int, user_id: int) -> MemberSettings:
+        """The member's own defaults in this server (all None when they set none)."""
+        async with self._db.execute(
+            "SELECT shape, iterations FROM member_settings WHERE guild_id = ? AND user_id = ?",
+            (guild_id, user_id),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return MemberSettings(row[0], row[1]) if row is not None else MemberSettings()
+
+    async def update_member_settings(self, guild_id: int, user_id: int, **changes: Any) -> MemberSettings:
+        """Set the given fields of the member's defaults (`shape=...`, `iterations=...`;
+        None clears one) and keep the others; returns the result."""
+        unknown = set(changes) - {f.name for f in fields(MemberSettings)}
+        if unknown:
+            raise TypeError(f"member settings have no field(s) {sorted(unknown)}")
+        iterations = changes.get("iterations")
+        if iterations is not None and (isinstance(iterations, bool) or iterations < 1):
+            raise ValueError(f"iterations must be 1 or more (got {iterations!r})")
+        if changes:
+            columns = list(changes)
+            updates = ", ".join(f"{name} = excluded.{name}" for name in columns)
+            await self._db.execute(
+                f"INSERT INTO member_settings (guild_id, user_id, {', '.join(columns)}) "
+                f"VALUES (?, ?, {', '.join('?' for _ in columns)}) "
+                f"ON CONFLICT (guild_id, user_id) DO UPDATE SET {updates}",
+                (guild_id, user_id, *changes.values()),
+            )
+            await self._db.execute(
+                "DELETE FROM member_settings WHERE guild_id = ? AND user_id = ? "
+                "AND shape IS NULL AND iterations IS NULL",
+                (guild_id, user_id),
+            )
+        return await self.get_member_settings(guild_id, user_id)
+
+    # ------------------------------------------------------------------ figures (/stats)
+    # One server's jobs from `since` on; what each figure counts is said where it is
+    # computed, `bot.stats`.
+
+    async def images_per_day(self, guild_id: int, since: float) -> dict[int, int]:
+        """UTC day number (epoch seconds // 86400) -> images finished that day."""
+        async with self._db.execute(
+            "SELECT CAST(finished_at / 86400 AS INTEGER) AS day, COUNT(*) FROM jobs "
+            "WHERE guild_id = ? AND status = 'done' AND finished_at >= ? GROUP BY day",
+            (guild_id, since),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return {int(day): int(count) for day, count in rows}
+
+    async def top_users(self, guild_id: int, since: float, limit: int) -> list[tuple[int, int]]:
+        """(user id, images finished), most first (ties: the lower id), at most `limit`."""
+        async with self._db.execute(
+            "SELECT user_id, COUNT(*) AS n FROM jobs "
+            "WHERE guild_id = ? AND status = 'done' AND finished_at >= ? "
+            "GROUP BY user_id ORDER BY n DESC, user_id LIMIT ?",
+            (guild_id, since, limit),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [(int(user_id), int(count)) for user_id, count in rows]
+
+    async def gpu_seconds(self, guild_id: int, since: float) -> float:
+        """Engine time of the jobs that ended since `since` after starting: the engine's
+        own `seconds` for a done job, else (failed, cancelled) `finished_at - started_at`."""
+        async with self._db.execute(
+            "SELECT TOTAL(COALESCE(seconds, finished_at - started_at)) FROM jobs "
+            "WHERE guild_id = ? AND finished_at >= ? AND started_at IS NOT NULL",
+            (guild_id, since),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return float(row[0]) if row else 0.0
+
+    async def waiting_times(self, guild_id: int, since: float) -> list[float]:
+        """`started_at - created_at` of the jobs that started since `since`, ascending."""
+        async with self._db.execute(
+            "SELECT started_at - created_at AS wait FROM jobs "
+            "WHERE guild_id = ? AND started_at >= ? ORDER BY wait",
+            (guild_id, since),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [max(0.0, float(row[0])) for row in rows]
+
+    async def running_times(self, guild_id: int, since: float) -> list[float]:
+        """`finished_at - started_at` of the images finished since `since`, ascending."""
+        async with self._db.execute(
+            "SELECT finished_at - started_at AS run FROM jobs WHERE guild_id = ? "
+            "AND status = 'done' AND finished_at >= ? AND started_at IS NOT NULL ORDER BY run",
+            (guild_id, since),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [max(0.0, float(row[0])) for row in rows]
+
+    async def failure_counts(self, guild_id: int, since: float) -> list[tuple[str, int]]:
+        """(error text, jobs) of the jobs that failed since `since`, most first.
+
+        Grouped by the stored `error`, the only record of why a job failed; the same
+        cause worded differently (a size in an out-of-memory message) counts apart."""
+        async with self._db.execute(
+            "SELECT COALESCE(error, '') AS cause, COUNT(*) AS n FROM jobs "
+            "WHERE guild_id = ? AND status = 'failed' AND finished_at >= ? "
+            "GROUP BY cause ORDER BY n DESC, cause",
+            (guild_id, since),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [(str(cause), int(count)) for cause, count in rows]
+
 
 __all__ = [
     "MIGRATIONS",
+    "AddOutcome",
+    "MemberSettings",
     "SCHEMA_VERSION",
     "Clock",
     "JobNotFound",

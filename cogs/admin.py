@@ -18,6 +18,10 @@ announcement) and say what changed, from what to what.
 `/status` is where an admin learns why images wait: the engine's state, device and models,
 and its last error in full. Members only ever read "the image engine is down"; the error
 can name the server's files, so it is shown here, to admins, privately, and in the log.
+
+`/blocklist add|remove|list` keeps this server's blocked words and phrases (how they match:
+`bot.blocklist`; the check itself runs where every request is queued, `bot.enqueue`), and
+`/stats` shows this server's last 7 days (what each figure counts: `bot.stats`).
 """
 
 from __future__ import annotations
@@ -28,9 +32,12 @@ from discord.ext import commands
 
 from bot import render
 from bot.app import ImagineBot
+from bot.blocklist import MAX_TERMS, fold, parse_terms
 from bot.errors import UserError
-from bot.permissions import member_role_ids, require_admin
+from bot.permissions import admin_only, member_role_ids, require_admin
 from bot.quotas import QuotaStatus
+from bot.stats import guild_stats
+from bot.store import AddOutcome
 from cogs.info import QUOTA_SOURCE_TEXT, describe_limit, format_quota_status
 
 #: The largest number of images `/quota set` and `/quota default` accept: far beyond what
@@ -75,11 +82,18 @@ def limit_with_source(status: QuotaStatus) -> str:
 
 
 class Admin(commands.Cog):
-    """The `/quota` command group and `/status` (Manage Server only)."""
+    """The `/quota` and `/blocklist` command groups, `/status` and `/stats` (Manage Server only)."""
 
     quota = app_commands.Group(
         name="quota",
         description="Daily image quotas on this server (needs Manage Server)",
+        guild_only=True,
+        default_permissions=discord.Permissions(manage_guild=True),
+    )
+
+    blocklist = app_commands.Group(
+        name="blocklist",
+        description="Words and phrases prompts may not use on this server (needs Manage Server)",
         guild_only=True,
         default_permissions=discord.Permissions(manage_guild=True),
     )
@@ -260,6 +274,93 @@ class Admin(commands.Cog):
             configured_models=(settings.vqgan_model, settings.clip_model),
         )
         await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    # -------------------------------------------------------------- the blocklist
+
+    @blocklist.command(name="add", description="Block words or phrases in prompts on this server")
+    @app_commands.describe(
+        terms="A word or phrase; several separated by commas. Whole words, any case",
+    )
+    async def blocklist_add(self, interaction: discord.Interaction,
+                            terms: app_commands.Range[str, 1, 1000]) -> None:
+        guild = guild_id(interaction)
+        wanted = parse_terms(terms)
+        store = self.bot.services.store
+        existing = await store.list_blocked_terms(guild)
+        new = [key for key in wanted if key not in existing]
+        if len(existing) + len(new) > MAX_TERMS:
+            raise UserError(render.blocklist_full(len(existing), len(new), MAX_TERMS))
+        added: list[str] = []
+        already: list[str] = []
+        full: list[str] = []
+        for key, term in wanted.items():
+            outcome = await store.add_blocked_term(guild, key, term, added_by=interaction.user.id,
+                                                   max_terms=MAX_TERMS)
+            if outcome is AddOutcome.ADDED:
+                added.append(term)
+            elif outcome is AddOutcome.ALREADY:
+                already.append(existing.get(key, term))
+            else:  # only when another command filled the list meanwhile
+                full.append(term)
+        count = len(await store.list_blocked_terms(guild))
+        await interaction.response.send_message(
+            render.blocklist_added(added, already, full, count, MAX_TERMS), ephemeral=True)
+
+    @blocklist.command(name="remove", description="Unblock words or phrases on this server")
+    @app_commands.describe(terms="An entry of /blocklist list; several separated by commas")
+    async def blocklist_remove(self, interaction: discord.Interaction,
+                               terms: app_commands.Range[str, 1, 1000]) -> None:
+        guild = guild_id(interaction)
+        store = self.bot.services.store
+        removed: list[str] = []
+        missing: list[str] = []
+        for key, term in parse_terms(terms).items():
+            found = await store.remove_blocked_term(guild, key)
+            if found is None:
+                missing.append(term)
+            else:
+                removed.append(found)
+        count = len(await store.list_blocked_terms(guild))
+        await interaction.response.send_message(
+            render.blocklist_removed(removed, missing, count), ephemeral=True)
+
+    @blocklist_remove.autocomplete("terms")
+    @admin_only  # autocompletes skip the cog's interaction_check: the list is for admins
+    async def blocklist_remove_complete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        """Entries that contain what is typed after the last comma, completing that part.
+
+        Discord takes at most 25 choices of at most 100 characters each: an entry whose
+        completed value would be longer is offered alone, without the terms before it."""
+        if interaction.guild_id is None:
+            return []
+        done, _comma, typing = current.rpartition(",")
+        prefix = f"{done.strip()}, " if done.strip() else ""
+        typed = fold(typing.strip())
+        entries = (await self.bot.services.store.list_blocked_terms(interaction.guild_id)).values()
+        matches = [term for term in entries if typed in fold(term)]
+        return [app_commands.Choice(name=term, value=prefix + term if len(prefix + term) <= 100 else term)
+                for term in matches[:25]]
+
+    @blocklist.command(name="list", description="The words and phrases blocked on this server")
+    async def blocklist_list(self, interaction: discord.Interaction) -> None:
+        terms = await self.bot.services.store.list_blocked_terms(guild_id(interaction))
+        await interaction.response.send_message(
+            render.blocklist_list(list(terms.values()), MAX_TERMS), ephemeral=True)
+
+    # -------------------------------------------------------------- figures
+
+    @app_commands.command(
+        name="stats",
+        description="This server's last 7 days: images, top members, GPU time, waits, failures (Manage Server)",
+    )
+    @app_commands.guild_only()
+    @app_commands.default_permissions(manage_guild=True)
+    async def stats(self, interaction: discord.Interaction) -> None:
+        store = self.bot.services.store
+        figures = await guild_stats(store, guild_id(interaction), store.clock())
+        await interaction.response.send_message(embed=render.stats_embed(figures), ephemeral=True)
 
     async def _server_default_text(self, guild_id: int) -> str:
         """`10 images per 24 h, this server's own` or `..., the bot's default`."""

@@ -21,6 +21,7 @@ from bot.enqueue import submit_and_answer
 from bot.errors import UserError
 from bot.interactions import defer
 from bot.jobs import Job, JobKind, JobStatus
+from bot.render import SHAPE_LABELS
 from bot.requests import (
     SHAPES,
     InputImage,
@@ -28,12 +29,15 @@ from bot.requests import (
     StoredImage,
     fit_size,
     job_size,
+    member_iterations,
+    member_shape,
     shape_size,
     validate_iterations,
     validate_prompt,
     validate_replace,
     validate_seed,
 )
+from bot.store import MemberSettings
 from bot.views import DYNAMIC_ITEMS, EditModal
 from engine.limits import MAX_SEED
 
@@ -52,14 +56,8 @@ NO_IMAGE_IN_MESSAGE = (
     "Pick a message with a picture, or use `/edit` with `image:`."
 )
 
-SIZE_CHOICES = [
-    app_commands.Choice(name="square (1:1)", value="square"),
-    app_commands.Choice(name="portrait (3:4)", value="portrait"),
-    app_commands.Choice(name="landscape (4:3)", value="landscape"),
-    app_commands.Choice(name="wide (16:9)", value="wide"),
-    app_commands.Choice(name="tall (9:16)", value="tall"),
-]
-assert {c.value for c in SIZE_CHOICES} == set(SHAPES)
+#: `/imagine size:` and `/settings shape:` offer the same shapes, under the same labels.
+SIZE_CHOICES = [app_commands.Choice(name=SHAPE_LABELS[shape], value=shape) for shape in SHAPES]
 
 #: A found image to edit: the image, its working size, and the job it came from (if any).
 Found = tuple[InputImage, tuple[int, int], str | None]
@@ -113,9 +111,15 @@ class Generate(commands.Cog):
     ) -> None:
         settings = self.bot.services.settings
         validate_prompt(prompt)
+        defaults = await self._member_defaults(interaction)
+        if iterations is None:
+            iterations = member_iterations(settings, defaults)
         iterations = validate_iterations(settings, iterations)
         seed = validate_seed(seed)
-        width, height = shape_size(settings, size.value if size else None)
+        # The member's own shape (/settings) when none is asked; a starting image without a
+        # shape asked keeps its own (below), which says more than a stored preference.
+        shape = size.value if size else (member_shape(defaults) if init_image is None else None)
+        width, height = shape_size(settings, shape)
         for attachment in (init_image, image_prompt):
             if attachment is not None:
                 self._check(attachment)
@@ -155,6 +159,8 @@ class Generate(commands.Cog):
         settings = self.bot.services.settings
         validate_prompt(prompt)
         replace = validate_replace(replace)
+        if iterations is None:
+            iterations = member_iterations(settings, await self._member_defaults(interaction))
         iterations = validate_iterations(settings, iterations)
         seed = validate_seed(seed)
         if image is not None:
@@ -175,6 +181,12 @@ class Generate(commands.Cog):
             kind=JobKind.EDIT, prompt=prompt, width=width, height=height, iterations=iterations,
             seed=seed, init_image=source, replace=replace, parent_id=parent_id,
         ))
+
+    async def _member_defaults(self, interaction: discord.Interaction) -> MemberSettings:
+        """The asker's own defaults in this server (`/settings`); none outside a server."""
+        if interaction.guild_id is None:
+            return MemberSettings()
+        return await self.bot.services.store.get_member_settings(interaction.guild_id, interaction.user.id)
 
     async def latest_image(self, interaction: discord.Interaction) -> Found | None:
         """The newest image in the channel: (image, working size, parent job id or None).

@@ -18,13 +18,16 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import render
 from bot.app import ImagineBot
 from bot.eta import estimate, running_remaining, seconds_per_iteration
 from bot.jobs import Job
 from bot.permissions import is_admin, member_role_ids
 from bot.quotas import QuotaSource, QuotaStatus
 from bot.render import discord_relative_time, format_duration, quoted
+from bot.requests import member_iterations, member_shape, shape_size
 from bot.services import Services
+from bot.store import MemberSettings
 
 HELP_TITLE = "How to ask for an image"
 HELP_DESCRIPTION = (
@@ -65,16 +68,26 @@ HELP_FIELDS: tuple[tuple[str, str], ...] = (
         "`/usage` shows your daily quota: how many images you have left and when the "
         "next one frees up.",
     ),
+    (
+        "Your defaults",
+        "`/settings shape:wide iterations:300` sets your own default shape and iterations on "
+        "this server, used whenever you leave them out. `/settings` alone shows them; "
+        "`reset:` puts the server's back.",
+    ),
 )
-#: Shown only to members with Manage Server (the only ones who can use /quota and /status).
+#: Shown only to members with Manage Server (the only ones who can use its commands).
 HELP_ADMIN_FIELD: tuple[str, str] = (
-    "For admins: `/quota`, `/status`",
+    "For admins: `/quota`, `/status`, `/blocklist`, `/stats`",
     "`/quota set @member images:20` (or `unlimited:True`; `images:0` = may not make images), "
     "`/quota reset @member`, `/quota default images:10` (or `unlimited:True`), "
     "`/quota reset-default`, `/quota unlimited @role` (`remove:True` to undo), "
     "`/quota show [@member]`.\n"
     "`/status`: the image engine (state, device, models, last error), the queue and "
-    "today's jobs. Needs Manage Server.",
+    "today's jobs.\n"
+    "`/blocklist add gore, blood bath` refuses prompts with those words or phrases (whole "
+    "words, any case); `/blocklist remove`, `/blocklist list`.\n"
+    "`/stats`: this server's last 7 days: images per day, top members, GPU time, waits, "
+    "failures. All of these need Manage Server.",
 )
 
 #: Longest prompt quoted back in `/queue`; longer ones are cut with an ellipsis.
@@ -82,7 +95,7 @@ PROMPT_PREVIEW_CHARS = 80
 
 
 def help_embed(*, admin: bool = False) -> discord.Embed:
-    """The embed `/help` answers with; `admin` adds the `/quota` and `/status` field."""
+    """The embed `/help` answers with; `admin` adds the field of the admin commands."""
     embed = discord.Embed(title=HELP_TITLE, description=HELP_DESCRIPTION, colour=discord.Colour.blurple())
     fields = HELP_FIELDS + ((HELP_ADMIN_FIELD,) if admin else ())
     for name, value in fields:
@@ -130,6 +143,22 @@ def format_quota_status(status: QuotaStatus, now: float) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------ member defaults
+
+
+def member_defaults_lines(services: Services, member: MemberSettings) -> list[str]:
+    """A member's own defaults (`/settings`) against this server's settings, one line each:
+    what `/settings` and `/usage` show."""
+    settings = services.settings
+    shape = member_shape(member)
+    return render.member_defaults_lines(
+        shape=shape, shape_size=shape_size(settings, shape),
+        iterations=member_iterations(settings, member), iterations_set=member.iterations,
+        server_size=settings.default_size, server_iterations=settings.default_iterations,
+        max_iterations=settings.max_iterations,
+    )
+
+
 # ------------------------------------------------------------------ the cog
 
 
@@ -166,6 +195,9 @@ class Info(commands.Cog):
             f"**Your images {where}**\n{format_quota_status(status, services.quotas.clock())}\n"
             "-# Each image counts for 24 h after you asked for it; failed and cancelled ones are free."
         )
+        if guild_id is not None:
+            member = await services.store.get_member_settings(guild_id, interaction.user.id)
+            text += "\n" + render.usage_defaults(member_defaults_lines(services, member))
         await interaction.response.send_message(text, ephemeral=True)
 
 
