@@ -693,8 +693,11 @@ class Store:
 
     # ------------------------------------------------------------------ member defaults (/settings)
 
-    async def get_member_settings(self, guild_id: int, user_id: int) -> MemberSettings:
-        """The member's own defaults in this server (all None when they set none)."""
+    async def get_member_settings(self, guild_id: int | None, user_id: int) -> MemberSettings:
+        """The member's own defaults in this server (all None when they set none, and
+        outside a server, where nobody can set any)."""
+        if guild_id is None:
+            return MemberSettings()
         async with self._db.execute(
             "SELECT shape, iterations FROM member_settings WHERE guild_id = ? AND user_id = ?",
             (guild_id, user_id),

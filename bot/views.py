@@ -29,6 +29,7 @@ from bot.requests import (
     JobRequest,
     fit_size,
     job_size,
+    member_iterations,
     reroll_request,
     stored_input,
     validate_iterations,
@@ -165,7 +166,8 @@ class EditModal(discord.ui.Modal, title="Edit image"):
         prompt = self.prompt.value or ""
         validate_prompt(prompt)
         replace = validate_replace(self.replace.value)
-        iterations = validate_iterations(services.settings, None)
+        defaults = await services.store.get_member_settings(interaction.guild_id, interaction.user.id)
+        iterations = validate_iterations(services.settings, member_iterations(services.settings, defaults))
         source = self.source
         size = self.size
         if isinstance(source, discord.Attachment):  # check and download it now

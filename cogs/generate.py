@@ -184,8 +184,6 @@ class Generate(commands.Cog):
 
     async def _member_defaults(self, interaction: discord.Interaction) -> MemberSettings:
         """The asker's own defaults in this server (`/settings`); none outside a server."""
-        if interaction.guild_id is None:
-            return MemberSettings()
         return await self.bot.services.store.get_member_settings(interaction.guild_id, interaction.user.id)
 
     async def latest_image(self, interaction: discord.Interaction) -> Found | None:

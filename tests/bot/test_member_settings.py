@@ -104,6 +104,18 @@ async def test_settings_iterations_apply_to_imagine_and_edit_without_iterations(
         assert [s.iterations for s in world.engine.submits] == [30, 30]
 
 
+async def test_settings_iterations_apply_to_an_edit_from_the_edit_button() -> None:
+    async with running_world(**SIZES) as world:
+        await world.alice.slash(world.channel, "imagine", prompt="a harbour")
+        await settings(world, iterations=30)
+        (message,) = world.bot_messages()
+
+        shown = await world.alice.click(message, label="Edit")
+        await world.alice.submit_modal(shown, {"prompt": "at night"})
+
+        assert [s.iterations for s in world.engine.submits] == [8, 30]
+
+
 async def test_explicit_iterations_win_over_the_members_default() -> None:
     async with running_world(**SIZES) as world:
         await settings(world, iterations=30)
