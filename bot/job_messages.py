@@ -23,6 +23,8 @@ from bot.jobs import Job
 log = logging.getLogger(__name__)
 
 ViewFactory = Callable[[str], discord.ui.View]
+#: A failed job's buttons (Retry), or None for none.
+FailureViewFactory = Callable[[Job], discord.ui.View | None]
 
 
 class JobMessages:
@@ -30,10 +32,11 @@ class JobMessages:
     not cost the picture)."""
 
     def __init__(self, client: discord.Client, *, progress_view: ViewFactory,
-                 result_view: ViewFactory) -> None:
+                 result_view: ViewFactory, failure_view: FailureViewFactory | None = None) -> None:
         self.client = client
         self.progress_view = progress_view
         self.result_view = result_view
+        self.failure_view: FailureViewFactory = failure_view or (lambda job: None)
 
     async def post(self, channel: discord.abc.Messageable, job: Job) -> discord.Message:
         """Post a new job's message (raises `discord.HTTPException`: the caller refuses the
@@ -74,7 +77,9 @@ class JobMessages:
         return await self._final(job, fields)
 
     async def failed(self, job: Job, message: str) -> int | None:
-        return await self._final(job, lambda: {"embed": render.failed_embed(job, message)})
+        """The failure, with Retry buttons when it was not the user's doing (`job.failure`)."""
+        return await self._final(job, lambda: {"embed": render.failed_embed(job, message),
+                                               "view": self.failure_view(job)})
 
     async def cancelled(self, job: Job, by_user_id: int | None) -> int | None:
         return await self._final(job, lambda: {"embed": render.cancelled_embed(job, by_user_id)})
