@@ -18,7 +18,7 @@ from bot.views import failure_view, progress_view, result_view
 log = logging.getLogger(__name__)
 
 #: Extensions loaded by `setup_hook`, in order. Each is a module with `async def setup(bot)`.
-COGS: tuple[str, ...] = ("cogs.info", "cogs.admin", "cogs.generate")
+COGS: tuple[str, ...] = ("cogs.info", "cogs.admin", "cogs.generate", "cogs.jobs")
 
 #: Everything the bot needs in a channel, and nothing more. The invite URL asks for exactly
 #: these; README documents them. Why each:

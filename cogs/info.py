@@ -65,6 +65,12 @@ HELP_FIELDS: tuple[tuple[str, str], ...] = (
         "`/usage` shows your daily quota: how many images you have left and when the "
         "next one frees up.",
     ),
+    (
+        "Your jobs",
+        "`/jobs` lists your waiting and recent images here, with links and Cancel buttons.\n"
+        "`/cancel` stops your newest waiting or running image; `/cancel job:k3q7xm2a` a given "
+        "one. An image that failed on the bot's side gets a **Retry** button.",
+    ),
 )
 #: Shown only to members with Manage Server (the only ones who can use /quota and /status).
 HELP_ADMIN_FIELD: tuple[str, str] = (
