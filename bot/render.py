@@ -446,9 +446,9 @@ def job_line(job: Job, status: str) -> str:
 
 
 def job_choice_name(job: Job) -> str:
-    """A `/cancel` autocomplete choice: `k3q7xm2a · running · a castle` (plain text: choice
+    """A `/cancel` autocomplete choice: `k3q7xm2a · waiting · a castle` (plain text: choice
     names show no Markdown and ping nobody), at most CHOICE_NAME_LIMIT characters."""
-    head = f"{job.id} · {job.status.value} · "
+    head = f"{job.id} · {job_status_text(job)} · "
     prompt = " ".join(job.prompt.split())
     room = CHOICE_NAME_LIMIT - len(head)
     if len(prompt) > room:

@@ -144,7 +144,7 @@ async def test_cancel_autocompletes_my_unfinished_jobs_and_an_admin_sees_everyon
         await world.bob.slash(world.channel, "imagine", prompt="bob waits")
         mine = await world.alice.autocomplete(world.channel, "cancel", "job", "")
         assert [c["value"] for c in mine] == [waiting.id, running.id]
-        assert mine[0]["name"] == f"{waiting.id} · queued · waiting one"
+        assert mine[0]["name"] == f"{waiting.id} · waiting · waiting one"
         assert [c["value"] for c in await world.alice.autocomplete(
             world.channel, "cancel", "job", "runn")] == [running.id]
         assert len(await world.mod.autocomplete(world.channel, "cancel", "job", "")) == 3
@@ -188,3 +188,14 @@ async def test_a_running_job_whose_message_was_deleted_is_not_edited_again(then:
             assert job.status is JobStatus.DONE
             (posted,) = world.bot_messages()
             assert posted.id == job.result_message_id and posted.attachments
+
+
+def test_an_autocomplete_choice_fits_discords_limit_whatever_the_prompt() -> None:
+    from bot.jobs import Job
+    from bot.render import CHOICE_NAME_LIMIT, job_choice_name
+
+    job = Job(id="k3q7xm2a", guild_id=1, channel_id=2, user_id=3, kind="imagine",
+              prompt="a very   long\nprompt " * 40, iterations=10)
+    name = job_choice_name(job)
+    assert len(name) <= CHOICE_NAME_LIMIT and name.endswith("…") and "\n" not in name
+    assert name.startswith("k3q7xm2a · waiting · a very long prompt")
