@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import discord
@@ -12,12 +13,12 @@ from bot.interactions import ImagineTree
 from bot.job_messages import JobMessages
 from bot.runner import JobRunner
 from bot.services import Engine, Services
-from bot.views import progress_view, result_view
+from bot.views import failure_view, progress_view, result_view
 
 log = logging.getLogger(__name__)
 
 #: Extensions loaded by `setup_hook`, in order. Each is a module with `async def setup(bot)`.
-COGS: tuple[str, ...] = ("cogs.info", "cogs.admin", "cogs.generate", "cogs.settings")
+COGS: tuple[str, ...] = ("cogs.info", "cogs.admin", "cogs.generate", "cogs.settings", "cogs.jobs")
 
 #: Everything the bot needs in a channel, and nothing more. The invite URL asks for exactly
 #: these; README documents them. Why each:
@@ -118,7 +119,8 @@ class ImagineBot(commands.Bot):
         applies instantly (global sync can take up to an hour to show up); the global
         list is left untouched then, so a test server does not wipe production commands.
         """
-        messages = JobMessages(self, progress_view=progress_view, result_view=result_view)
+        messages = JobMessages(self, progress_view=progress_view, result_view=result_view,
+                               failure_view=functools.partial(failure_view, self.settings))
         self._services = await Services.open(self.settings, messages=messages,
                                              engine=self._engine_override)
         self._runner = JobRunner(self, self._services)

@@ -122,5 +122,6 @@ async def submit_and_answer(interaction: discord.Interaction, request: JobReques
     queued = await enqueue(services, interaction, request)
     down = services.engine.status.state is EngineState.DOWN
     await answer(interaction, render.queued_answer(queued.job, queued.position, queued.ready_in,
-                                                   engine_down=down))
+                                                   engine_down=down),
+                 embed=render.source_embed(request.source) if request.source else None)
     return queued.job

@@ -39,10 +39,14 @@ def services_of(interaction: discord.Interaction) -> Services:
     return services
 
 
-async def answer(interaction: discord.Interaction, text: str) -> None:
-    """Answer only the person who asked: the first response, or the deferred one."""
+async def answer(interaction: discord.Interaction, text: str, *,
+                 embed: discord.Embed | None = None) -> None:
+    """Answer only the person who asked: the first response, or the deferred one (with
+    `embed` under the text, if given)."""
     if interaction.response.is_done():
-        await interaction.edit_original_response(content=text, embed=None, view=None)
+        await interaction.edit_original_response(content=text, embed=embed, view=None)
+    elif embed is not None:
+        await interaction.response.send_message(text, embed=embed, ephemeral=True)
     else:
         await interaction.response.send_message(text, ephemeral=True)
 

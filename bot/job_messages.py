@@ -23,6 +23,8 @@ from bot.jobs import Job
 log = logging.getLogger(__name__)
 
 ViewFactory = Callable[[str], discord.ui.View]
+#: A failed job's buttons (Retry), or None for none.
+FailureViewFactory = Callable[[Job], discord.ui.View | None]
 
 
 class JobMessages:
@@ -30,10 +32,14 @@ class JobMessages:
     not cost the picture)."""
 
     def __init__(self, client: discord.Client, *, progress_view: ViewFactory,
-                 result_view: ViewFactory) -> None:
+                 result_view: ViewFactory, failure_view: FailureViewFactory | None = None) -> None:
         self.client = client
         self.progress_view = progress_view
         self.result_view = result_view
+        self.failure_view: FailureViewFactory = failure_view or (lambda job: None)
+        #: Job messages Discord says are deleted: never edited again (each try would be
+        #: one more 404, which Discord counts against the bot's invalid requests).
+        self._deleted: set[int] = set()
 
     async def post(self, channel: discord.abc.Messageable, job: Job) -> discord.Message:
         """Post a new job's message (raises `discord.HTTPException`: the caller refuses the
@@ -74,10 +80,17 @@ class JobMessages:
         return await self._final(job, fields)
 
     async def failed(self, job: Job, message: str) -> int | None:
-        return await self._final(job, lambda: {"embed": render.failed_embed(job, message)})
+        """The failure, with Retry buttons when it was not the user's doing (`job.failure`)."""
+        return await self._final(job, lambda: {"embed": render.failed_embed(job, message),
+                                               "view": self.failure_view(job)})
 
     async def cancelled(self, job: Job, by_user_id: int | None) -> int | None:
-        return await self._final(job, lambda: {"embed": render.cancelled_embed(job, by_user_id)})
+        """The job's message says it was cancelled; a deleted message is not posted again
+        (whoever cancelled was answered, and a cancelled job has nothing to show)."""
+        if await self.edit(job, embed=render.cancelled_embed(job, by_user_id), view=None,
+                           attachments=[]):
+            return job.progress_message_id
+        return None
 
     async def apology(self, job: Job) -> int | None:
         return await self._final(job, lambda: {"embed": render.apology_embed(job)})
@@ -92,13 +105,18 @@ class JobMessages:
 
     async def edit(self, job: Job, **fields: Any) -> bool:
         """Edit the job's message; False (logged) if it has none or the edit failed."""
-        if job.progress_message_id is None:
+        if job.progress_message_id is None or job.progress_message_id in self._deleted:
             return False
         try:
             await self._channel(job).get_partial_message(job.progress_message_id).edit(**fields)
             return True
         except asyncio.CancelledError:
             raise
+        except discord.NotFound:
+            log.info("job %s: its message %s was deleted; not editing it again",
+                     job.id, job.progress_message_id)
+            self._deleted.add(job.progress_message_id)
+            return False
         except Exception as error:
             log.warning("job %s: could not edit its message %s: %s",
                         job.id, job.progress_message_id, error)

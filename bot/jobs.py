@@ -101,3 +101,26 @@ class Job:
     seed: int | None = None  # the seed actually used (reported by the engine)
     seconds: float | None = None  # generation time reported by the engine
     error: str | None = None  # for failed jobs: a message fit to show the user
+    #: For failed jobs: the kind of failure, an `engine.protocol.FAIL_*` reason (or the
+    #: bot's own, `bot.retry`), which decides whether it gets a Retry button. None for
+    #: failures recorded before it was kept.
+    failure: str | None = None
+
+
+#: `Job.failure` of a job whose input image was gone from disk when it was to run (the
+#: engine's reasons are `engine.protocol.FAIL_*`).
+FAIL_INPUT_MISSING = "input_missing"
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where the image an edit starts from was found, for the answer that names it: a
+    link to its message (None for an upload to the command itself), a small picture of it,
+    and whose it is (`job_id`: one of the bot's results; `author_id`: a member's message;
+    neither: the asker's own upload, `filename`)."""
+
+    jump_url: str | None = None
+    thumbnail_url: str | None = None
+    job_id: str | None = None
+    author_id: int | None = None
+    filename: str | None = None

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import discord
 
 from bot.engine_client import EngineState, EngineStatus
-from bot.jobs import Job
+from bot.jobs import ImageSource, Job, JobStatus
 from bot.stats import GuildStats, Spread
 
 #: Colours per state, so a glance at the channel tells waiting, working, done, failed.
@@ -531,3 +531,156 @@ def stats_embed(stats: GuildStats) -> discord.Embed:
     embed.set_footer(text=f"This server only, since 00:00 UTC on {_utc_date(stats.since)}. "
                           "Only you can see this.")
     return embed
+
+
+# ---- issue 11 items 4-6: the edited image named, Retry, /jobs and /cancel
+
+NO_IMAGE_MESSAGE = (
+    "I found no image to edit in this channel. Attach one: `/edit prompt:withered flowers "
+    "image:<file>`, or right-click a message with an image -> Apps -> **Edit image**, or "
+    "make one first with `/imagine`."
+)
+NO_IMAGE_IN_MESSAGE = (
+    "That message has no image I can edit (PNG, JPEG, WebP or GIF). "
+    "Pick a message with a picture, or use `/edit` with `image:`."
+)
+HIDDEN_IMAGES_MESSAGE = (
+    "I can't see other members' images here: attach it (`/edit prompt:withered flowers "
+    "image:<file>`), or right-click it -> Apps -> **Edit image**. "
+    "(Without Discord's Message Content permission I can't tell whether the newest messages "
+    "here hold an image, so I won't guess an older one.)"
+)
+#: A failed job's message after a long stop (`bot.retry.fail_unresumed`).
+NOT_RESUMED_TEXT = (
+    "interrupted when the bot stopped, and not resumed: the bot was away too long to run it "
+    "unasked. Press Retry to make it now"
+)
+RETRY_LABEL = "Retry"
+#: How many jobs `/jobs` lists before "… and N more".
+JOBS_LIMIT = 10
+#: Longest prompt quoted in a `/jobs` line.
+JOBS_PROMPT_CHARS = 60
+#: Discord's limit on an autocomplete choice's name.
+CHOICE_NAME_LIMIT = 100
+
+
+def message_link(guild_id: int | None, channel_id: int, message_id: int) -> str:
+    """A jump link to a message (`@me` outside a server, as Discord writes it)."""
+    return f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}/{message_id}"
+
+
+def job_link(job: Job) -> str | None:
+    """A jump link to the job's message (its result, else its progress), if it has one."""
+    message_id = job.result_message_id or job.progress_message_id
+    return None if message_id is None else message_link(job.guild_id, job.channel_id, message_id)
+
+
+def source_embed(source: ImageSource) -> discord.Embed:
+    """Under the queued answer of an edit: which image it edits, with a link to its message
+    and a small picture of it (an embed thumbnail, which Discord shows small)."""
+    if source.job_id is not None:
+        what = f"the result of job `{source.job_id}`"
+    elif source.author_id is not None:
+        what = f"the image in <@{source.author_id}>'s message"
+    else:
+        what = f"your attachment {quoted(source.filename, 80)}" if source.filename else "your attachment"
+    text = f"[{what}]({source.jump_url})" if source.jump_url else what
+    embed = discord.Embed(description=f"Editing {text}.", colour=COLOUR_QUEUED)
+    if source.thumbnail_url:
+        embed.set_thumbnail(url=source.thumbnail_url)
+    return embed
+
+
+def hidden_images(newest_visible: str | None = None, *, is_result: bool = False) -> str:
+    """`/edit` without an image when the newest messages are hidden from the bot; with a
+    link to the newest image it can see, if any, and how to edit that one instead."""
+    if newest_visible is None:
+        return HIDDEN_IMAGES_MESSAGE
+    how = "press its **Edit** button" if is_result else "right-click it -> Apps -> **Edit image**"
+    return (f"{HIDDEN_IMAGES_MESSAGE}\nTo edit the newest image I can see, "
+            f"[this one]({newest_visible}), {how}.")
+
+
+def preview_not_editable(job: Job) -> str:
+    """The "Edit image" menu on a job still being made: its picture is only a preview."""
+    return (f"Job `{job.id}` is not finished: this message shows a preview, not its image. "
+            "Once it is done, use **Edit** on the result (or this menu again).")
+
+
+def not_retryable(job: Job) -> str:
+    return (f"Job `{job.id}` can't be retried: only jobs that failed on the bot's side (a "
+            "crash, too little memory, a restart) can. Change the request and ask again.")
+
+
+def retry_smaller_label(size: tuple[int, int]) -> str:
+    return f"Retry smaller ({size[0]}×{size[1]})"
+
+
+def cancel_label(job: Job) -> str:
+    """The Cancel button of one job in `/jobs`."""
+    return f"Cancel {job.id}"
+
+
+def job_status_text(job: Job, *, position: int | None = None,
+                    progress: tuple[int, int] | None = None) -> str:
+    """A job's state in one phrase: `waiting (#2)`, `running 40%`, `done 3 min ago`, …
+    (`position` in the queue and `progress` (iteration, total) where known)."""
+    if job.status is JobStatus.QUEUED:
+        return f"waiting (#{position})" if position is not None else "waiting"
+    if job.status is JobStatus.RUNNING:
+        if progress is None or progress[1] <= 0:
+            return "running"
+        iteration, total = progress
+        return f"running {int(100 * min(iteration, total) / total)}%"
+    when = f" {discord_relative_time(job.finished_at)}" if job.finished_at else ""
+    return f"{job.status.value}{when}"
+
+
+def jobs_embed(lines: list[str], more: int) -> discord.Embed:
+    """`/jobs`: one line per job (from `job_line`), then how many older ones are not shown."""
+    embed = discord.Embed(title="Your jobs in this server", colour=COLOUR_RUNNING)
+    if not lines:
+        embed.description = "You have no jobs here yet. Make one with `/imagine`."
+        return embed
+    if more:
+        lines = [*lines, f"… and {more} more."]
+    embed.description = "\n".join(lines)
+    embed.set_footer(text="Cancel a waiting or running job below, or with /cancel.")
+    return embed
+
+
+def job_line(job: Job, status: str) -> str:
+    """`` `k3q7xm2a` · **running 40%** · “a castle” · [message](link) ``"""
+    parts = [f"`{job.id}`", f"**{status}**", quoted(job.prompt, JOBS_PROMPT_CHARS)]
+    link = job_link(job)
+    if link is not None:
+        parts.append(f"[message]({link})")
+    return " · ".join(parts)
+
+
+def job_choice_name(job: Job) -> str:
+    """A `/cancel` autocomplete choice: `k3q7xm2a · waiting · a castle` (plain text: choice
+    names show no Markdown and ping nobody), at most CHOICE_NAME_LIMIT characters."""
+    head = f"{job.id} · {job_status_text(job)} · "
+    prompt = " ".join(job.prompt.split())
+    room = CHOICE_NAME_LIMIT - len(head)
+    if len(prompt) > room:
+        prompt = prompt[: room - 1].rstrip() + "…"
+    return head + prompt
+
+
+def no_job_to_cancel() -> str:
+    return "You have no waiting or running job in this server. `/jobs` lists yours."
+
+
+def unknown_job(job_id: str) -> str:
+    return f"I have no job {quoted(job_id, 40)} in this server. `/jobs` lists yours."
+
+
+def not_your_job(job: Job) -> str:
+    return (f"Job `{job.id}` belongs to <@{job.user_id}>: only they or a server admin "
+            "(Manage Server) can cancel it.")
+
+
+def already_finished(job: Job) -> str:
+    return f"Job `{job.id}` has already ended: it is {job.status.value}."

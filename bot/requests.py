@@ -17,7 +17,7 @@ from typing import Any
 from bot.attachments import CheckedImage
 from bot.config import MIN_SIDE, SIZE_MULTIPLE, Settings
 from bot.errors import UserError
-from bot.jobs import Job, JobKind
+from bot.jobs import ImageSource, Job, JobKind
 from bot.render import user_text
 from bot.store import MemberSettings
 from engine.errors import EngineError, PromptError
@@ -65,6 +65,8 @@ class JobRequest:
     replace: str | None = None
     parent_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Where an edit's image was found, named in the queued answer (not stored).
+    source: ImageSource | None = None
 
 
 # --------------------------------------------------------------------------- validation

@@ -12,7 +12,8 @@ engine and turns the engine's events into edits of the job's progress message:
 - `Done` -> the PNG saved as RESULTS_DIR/<job id>.png, the job marked done, and the
   progress message edited into the result (PNG, prompt, seed, time, Reroll/Edit buttons).
   If that message is gone, the result is posted as a new message.
-- `Failed` -> marked failed (not charged) and the plain reason shown.
+- `Failed` -> marked failed (not charged) with its kind (`Job.failure`), the plain reason
+  shown, and Retry buttons if it was not the user's doing (`bot.retry`).
 - `Cancelled` -> marked cancelled (not charged).
 
 The job's message is written by `services.messages` (`bot.job_messages`); cancelling is
@@ -21,7 +22,9 @@ The job's message is written by `services.messages` (`bot.job_messages`); cancel
 Restarts: `restore()` (called from setup_hook, before any command can arrive) puts the
 jobs a stopped bot left running back at the front of the queue, followed by the queued
 ones; their progress message ids are in the store, so the same messages go on updating.
-A job interrupted by shutdown stays `running` in the store for exactly that reason.
+A job interrupted by shutdown stays `running` in the store for exactly that reason; jobs
+asked more than a day before the restart are not resumed but offered Retry
+(`bot.retry.fail_unresumed`).
 
 The engine is started at boot (`ImagineBot(warm_engine=True)`, which `vqgan-clip-bot`
 uses: the first user does not wait for the model load, and a model problem shows in the log
@@ -50,8 +53,9 @@ from discord.ext import commands
 
 from bot.engine_client import EngineState, EngineStatus
 from bot.eta import estimate
-from bot.jobs import JOB_QUEUED_EVENT, Job, JobStatus
+from bot.jobs import FAIL_INPUT_MISSING, JOB_QUEUED_EVENT, Job, JobStatus
 from bot.requests import job_size
+from bot.retry import fail_unresumed
 from bot.services import RunningJob, Services
 from bot.store import JobStateError
 from engine import protocol
@@ -90,6 +94,7 @@ class JobRunner:
     async def restore(self) -> list[Job]:
         """Queue the jobs a previous run left: interrupted (running) ones first."""
         store = self.services.store
+        await fail_unresumed(self.services)
         requeued = await store.requeue_running()
         seen = {job.id for job in requeued}
         queued = [job for job in await store.jobs_with_status(JobStatus.QUEUED) if job.id not in seen]
@@ -270,7 +275,7 @@ class JobRunner:
             try:
                 submit = self._build_submit(job)
             except JobInputMissing as error:
-                await self._failed(job, str(error))
+                await self._failed(job, str(error), FAIL_INPUT_MISSING)
                 return
             stream = await self._hand_over(job, running, submit)
             if stream is None:
@@ -291,7 +296,7 @@ class JobRunner:
                         # resumes it (requeue_running), and say so.
                         await messages.interrupted(job)
                         return
-                    await self._failed(job, event.message)
+                    await self._failed(job, event.message, event.reason)
                     return
                 elif isinstance(event, protocol.Cancelled):
                     await self._cancelled(job, running)
@@ -305,7 +310,8 @@ class JobRunner:
             with contextlib.suppress(Exception):
                 await self.services.engine.cancel(job.id)
             try:
-                job = await self.services.store.mark_failed(job.id, f"internal error (job {job.id})")
+                job = await self.services.store.mark_failed(job.id, f"internal error (job {job.id})",
+                                                            failure=protocol.FAIL_INTERNAL)
             except Exception:
                 log.exception("job %s: could not mark it failed", job.id)
             await messages.apology(job)
@@ -403,9 +409,9 @@ class JobRunner:
             await self.services.store.update_job(job.id, result_message_id=message_id)
         log.info("job %s done in %.1f s (seed %s)", job.id, event.seconds, event.seed)
 
-    async def _failed(self, job: Job, message: str) -> None:
+    async def _failed(self, job: Job, message: str, failure: str) -> None:
         try:
-            job = await self.services.store.mark_failed(job.id, message)
+            job = await self.services.store.mark_failed(job.id, message, failure=failure)
         except JobStateError as error:
             log.warning("job %s: %s", job.id, error)
         log.info("job %s failed: %s", job.id, message)

@@ -179,8 +179,16 @@ CREATE TABLE member_settings (
 CREATE INDEX jobs_guild_finished ON jobs (guild_id, finished_at);
 """
 
+# Issue 11 items 4-6: why a job failed, as a kind (`Job.failure`), so that Retry knows
+# after a restart whether the failure was the user's; and the lookup of a job by its
+# message (the "Edit image" menu on a progress message, `/cancel`).
+_FAILURE_AND_MESSAGE_INDEX = """
+ALTER TABLE jobs ADD COLUMN failure TEXT;
+CREATE INDEX jobs_progress_message ON jobs (progress_message_id);
+"""
+
 #: MIGRATIONS[i] upgrades a database at user_version i to i + 1. Append; never edit.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_BLOCKLIST_AND_MEMBER_SETTINGS)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_BLOCKLIST_AND_MEMBER_SETTINGS, _FAILURE_AND_MESSAGE_INDEX)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _JOB_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Job))
@@ -413,10 +421,12 @@ class Store:
             changes["result_message_id"] = result_message_id
         return await self._transition(job_id, JobStatus.DONE, **changes)
 
-    async def mark_failed(self, job_id: str, error: str) -> Job:
-        """queued/running -> failed, with a reason fit to show the user. Not charged."""
+    async def mark_failed(self, job_id: str, error: str, *, failure: str | None = None) -> Job:
+        """queued/running -> failed, with a reason fit to show the user and, if known, its
+        kind (`failure`: an `engine.protocol.FAIL_*` reason, which decides Retry). Not
+        charged."""
         return await self._transition(
-            job_id, JobStatus.FAILED, finished_at=self.clock(), error=error
+            job_id, JobStatus.FAILED, finished_at=self.clock(), error=error, failure=failure
         )
 
     async def mark_cancelled(self, job_id: str) -> Job:
@@ -486,6 +496,37 @@ class Store:
         ) as cursor:
             row = await cursor.fetchone()
         return _row_to_job(row) if row is not None else None
+
+    async def job_by_message(self, message_id: int) -> Job | None:
+        """The job whose progress or result message this is (a progress message becomes
+        the result, so both ids usually agree)."""
+        async with self._db.execute(
+            "SELECT * FROM jobs WHERE progress_message_id = ? OR result_message_id = ? "
+            "ORDER BY rowid DESC LIMIT 1",
+            (message_id, message_id),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return _row_to_job(row) if row is not None else None
+
+    async def recent_jobs(self, guild_id: int | None, user_id: int, limit: int) -> list[Job]:
+        """The user's newest `limit` jobs in a guild, unfinished ones first, each part
+        newest first (`/jobs`)."""
+        unfinished = ", ".join(f"'{s.value}'" for s in (JobStatus.QUEUED, JobStatus.RUNNING))
+        async with self._db.execute(
+            f"SELECT * FROM jobs WHERE guild_id IS ? AND user_id = ? "
+            f"ORDER BY status IN ({unfinished}) DESC, created_at DESC, rowid DESC LIMIT ?",
+            (guild_id, user_id, limit),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [_row_to_job(row) for row in rows]
+
+    async def count_jobs(self, guild_id: int | None, user_id: int) -> int:
+        """How many jobs the user ever asked for in a guild."""
+        async with self._db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE guild_id IS ? AND user_id = ?", (guild_id, user_id)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
 
     async def job_by_result_message(self, message_id: int) -> Job | None:
         """The job whose result was posted as this message (context menu "Edit image")."""

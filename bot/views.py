@@ -1,5 +1,5 @@
 """The job buttons and the edit modal: Cancel (on a waiting or running job), Reroll and
-Edit (on a result).
+Edit (on a result), Retry and Retry smaller (on a failure that was not the user's doing).
 
 The buttons are discord.py `DynamicItem`s whose custom id carries the job id
 (`vqc:reroll:<job id>`), so they need no in-memory view: any bot process that registered
@@ -19,11 +19,13 @@ import discord
 
 from bot.attachments import fetch_image
 from bot.cancel import cancel_job
+from bot.config import Settings
 from bot.enqueue import submit_and_answer
 from bot.errors import NotAllowed, UserError
 from bot.interactions import answer, defer, report_error, services_of
-from bot.jobs import Job, JobKind, JobStatus
+from bot.jobs import ImageSource, Job, JobKind, JobStatus
 from bot.permissions import may_manage
+from bot.render import RETRY_LABEL, retry_smaller_label
 from bot.requests import (
     InputImage,
     JobRequest,
@@ -36,6 +38,7 @@ from bot.requests import (
     validate_prompt,
     validate_replace,
 )
+from bot.retry import can_retry, retry_request, smaller_retry_size
 from bot.services import Services
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,8 @@ _JOB = r"(?P<job_id>[a-z0-9]{1,32})"
 CANCEL_PREFIX = "vqc:cancel:"
 REROLL_PREFIX = "vqc:reroll:"
 EDIT_PREFIX = "vqc:edit:"
+RETRY_PREFIX = "vqc:retry:"
+RETRY_SMALLER_PREFIX = "vqc:retrysmall:"
 
 
 class _JobButton:
@@ -62,9 +67,12 @@ class _JobButton:
     STYLE: ClassVar[discord.ButtonStyle]
     EMOJI: ClassVar[str]
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, *, label: str | None = None) -> None:
+        # `label`: where one message holds several (`/jobs`) or the label names a size; a
+        # click re-creates the item from its custom id alone, which the label is not part of.
         super().__init__(discord.ui.Button(  # type: ignore[call-arg]  # DynamicItem.__init__, next in the MRO
-            label=self.LABEL, style=self.STYLE, emoji=self.EMOJI, custom_id=self.PREFIX + job_id
+            label=label or self.LABEL, style=self.STYLE, emoji=self.EMOJI,
+            custom_id=self.PREFIX + job_id,
         ))
         self.job_id = job_id
 
@@ -132,9 +140,42 @@ class EditButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], template
             raise UserError(f"Job `{job.id}` has no finished image to edit.")
         source = stored_input(services.results_dir, job.result_path)
         assert source is not None, "a path in, an image out"
-        await interaction.response.send_modal(
-            EditModal(source=source, size=job_size(services.settings, job), parent_id=job.id)
+        message = interaction.message
+        shown = ImageSource(
+            jump_url=message.jump_url if message is not None else None,
+            thumbnail_url=message.attachments[0].url if message is not None and message.attachments else None,
+            job_id=job.id,
         )
+        await interaction.response.send_modal(EditModal(
+            source=source, size=job_size(services.settings, job), parent_id=job.id, shown=shown,
+        ))
+
+
+class RetryButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], template=RETRY_PREFIX + _JOB):
+    """Queues a failed job's request again (a new job for the clicker, as Reroll), when it
+    failed through no fault of the user (`bot.retry`)."""
+
+    PREFIX = RETRY_PREFIX
+    LABEL = RETRY_LABEL
+    STYLE = discord.ButtonStyle.primary
+    EMOJI = "🔁"
+
+    async def on_click(self, interaction: discord.Interaction, services: Services, job: Job) -> None:
+        await submit_and_answer(interaction, retry_request(services.settings, services.results_dir, job))
+
+
+class RetrySmallerButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button],
+                         template=RETRY_SMALLER_PREFIX + _JOB):
+    """After running out of memory: the same request at the suggested smaller size."""
+
+    PREFIX = RETRY_SMALLER_PREFIX
+    LABEL = "Retry smaller"
+    STYLE = discord.ButtonStyle.secondary
+    EMOJI = "🔽"
+
+    async def on_click(self, interaction: discord.Interaction, services: Services, job: Job) -> None:
+        await submit_and_answer(interaction, retry_request(services.settings, services.results_dir,
+                                                           job, smaller=True))
 
 
 class EditModal(discord.ui.Modal, title="Edit image"):
@@ -155,11 +196,13 @@ class EditModal(discord.ui.Modal, title="Edit image"):
     )
 
     def __init__(self, *, source: InputImage | discord.Attachment, size: tuple[int, int] | None,
-                 parent_id: str | None = None) -> None:
+                 parent_id: str | None = None, shown: ImageSource | None = None) -> None:
         super().__init__(timeout=15 * 60)
         self.source = source
         self.size = size
         self.parent_id = parent_id
+        #: Where the image came from, named in the queued answer.
+        self.shown = shown
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         services = services_of(interaction)
@@ -178,6 +221,7 @@ class EditModal(discord.ui.Modal, title="Edit image"):
         await submit_and_answer(interaction, JobRequest(
             kind=JobKind.EDIT, prompt=prompt, width=size[0], height=size[1],
             iterations=iterations, init_image=source, replace=replace, parent_id=self.parent_id,
+            source=self.shown,
         ))
 
     # discord.py's own Modal.on_error has this signature; its base class's has an extra item.
@@ -200,4 +244,17 @@ def result_view(job_id: str) -> discord.ui.View:
     return view
 
 
-DYNAMIC_ITEMS = (CancelButton, RerollButton, EditButton)
+def failure_view(settings: Settings, job: Job) -> discord.ui.View | None:
+    """The buttons of a failed job: Retry (and Retry smaller after running out of memory)
+    when it failed through no fault of the user; None (no buttons) otherwise."""
+    if not can_retry(job):
+        return None
+    view = discord.ui.View(timeout=None)
+    view.add_item(RetryButton(job.id))
+    smaller = smaller_retry_size(settings, job)
+    if smaller is not None:
+        view.add_item(RetrySmallerButton(job.id, label=retry_smaller_label(smaller)))
+    return view
+
+
+DYNAMIC_ITEMS = (CancelButton, RerollButton, EditButton, RetryButton, RetrySmallerButton)

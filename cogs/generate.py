@@ -2,33 +2,30 @@
 Reroll / Edit / Cancel buttons (their classes live in `bot.views`; registered here).
 
 This cog only reads Discord input: it builds a `JobRequest` with `bot.requests` and queues
-it with `bot.enqueue` (both shared with the buttons and the modal); refusals are raised and
-answered by the one error handler (`bot.interactions`); the work is `bot.runner`'s.
+it with `bot.enqueue` (both shared with the buttons and the modal); which image an edit
+starts from is `bot.edit_source`'s; refusals are raised and answered by the one error
+handler (`bot.interactions`); the work is `bot.runner`'s.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.app import ImagineBot
-from bot.attachments import CheckedImage, check_metadata, fetch_image, first_image_attachment
+from bot.attachments import CheckedImage, check_metadata, fetch_image
+from bot.edit_source import Found, from_upload, latest_image, menu_target
 from bot.enqueue import submit_and_answer
-from bot.errors import UserError
 from bot.interactions import defer
-from bot.jobs import Job, JobKind, JobStatus
+from bot.jobs import JobKind
 from bot.render import SHAPE_LABELS
 from bot.requests import (
     SHAPES,
-    InputImage,
     JobRequest,
-    StoredImage,
     fit_size,
-    job_size,
     member_iterations,
     member_shape,
     shape_size,
@@ -43,24 +40,8 @@ from engine.limits import MAX_SEED
 
 log = logging.getLogger(__name__)
 
-#: How far back `/edit` without an image looks for "the latest image in the channel".
-HISTORY_LIMIT = 50
-
-NO_IMAGE_MESSAGE = (
-    "I found no image to edit in this channel. Attach one: `/edit prompt:withered flowers "
-    "image:<file>`, or right-click a message with an image -> Apps -> **Edit image**, or "
-    "make one first with `/imagine`."
-)
-NO_IMAGE_IN_MESSAGE = (
-    "That message has no image I can edit (PNG, JPEG, WebP or GIF). "
-    "Pick a message with a picture, or use `/edit` with `image:`."
-)
-
 #: `/imagine size:` and `/settings shape:` offer the same shapes, under the same labels.
 SIZE_CHOICES = [app_commands.Choice(name=SHAPE_LABELS[shape], value=shape) for shape in SHAPES]
-
-#: A found image to edit: the image, its working size, and the job it came from (if any).
-Found = tuple[InputImage, tuple[int, int], str | None]
 
 
 class Generate(commands.Cog):
@@ -156,7 +137,8 @@ class Generate(commands.Cog):
         iterations: app_commands.Range[int, 1, 100_000] | None = None,
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
     ) -> None:
-        settings = self.bot.services.settings
+        services = self.bot.services
+        settings = services.settings
         validate_prompt(prompt)
         replace = validate_replace(replace)
         if iterations is None:
@@ -166,84 +148,39 @@ class Generate(commands.Cog):
         if image is not None:
             self._check(image)
         await defer(interaction)
-        source: InputImage
-        parent_id = None
         if image is not None:
-            checked = await self._fetch(image)
-            source = checked
-            width, height = fit_size(settings, checked.width, checked.height)
+            found = await from_upload(services, image)
         else:
-            found = await self.latest_image(interaction)
-            if found is None:
-                raise UserError(NO_IMAGE_MESSAGE)
-            source, (width, height), parent_id = found
+            found = await latest_image(services, interaction, self._me_id())
+        width, height = found.size
         await submit_and_answer(interaction, JobRequest(
             kind=JobKind.EDIT, prompt=prompt, width=width, height=height, iterations=iterations,
-            seed=seed, init_image=source, replace=replace, parent_id=parent_id,
+            seed=seed, init_image=found.image, replace=replace, parent_id=found.parent_id,
+            source=found.source,
         ))
-
-    async def _member_defaults(self, interaction: discord.Interaction) -> MemberSettings:
-        """The asker's own defaults in this server (`/settings`); none outside a server."""
-        return await self.bot.services.store.get_member_settings(interaction.guild_id, interaction.user.id)
-
-    async def latest_image(self, interaction: discord.Interaction) -> Found | None:
-        """The newest image in the channel: (image, working size, parent job id or None).
-
-        Looks through the last HISTORY_LIMIT messages, newest first. The bot's own result
-        messages map to their result file on disk; its progress messages are skipped.
-        LIMITATION: the bot does not ask for the privileged `message_content` intent, so
-        Discord hides the attachments of *other users'* ordinary messages from it (they
-        arrive empty; only messages that mention the bot keep theirs). Those images can
-        still be edited with `image:` or the "Edit image" context menu, whose target
-        message always carries its attachments. If the history can't be read at all,
-        the bot's latest result in the channel (from the store) is used.
-        """
-        store = self.bot.services.store
-        channel = interaction.channel
-        me = self.bot.user
-        if channel is not None and hasattr(channel, "history"):
-            try:
-                async for message in channel.history(limit=HISTORY_LIMIT):
-                    if me is not None and message.author.id == me.id:
-                        found = self._stored_result(await store.job_by_result_message(message.id))
-                        if found is not None:
-                            return found
-                        continue  # a progress message or an answer, not an image to edit
-                    attachment = first_image_attachment(message)
-                    if attachment is None:
-                        continue
-                    checked = await self._fetch(attachment)
-                    return checked, fit_size(self.bot.services.settings, checked.width, checked.height), None
-            except discord.HTTPException as error:
-                log.warning("cannot read the history of channel %s: %s", interaction.channel_id, error)
-        return self._stored_result(await store.latest_done_job(interaction.channel_id or 0))
-
-    def _stored_result(self, job: Job | None) -> Found | None:
-        """A finished job's result as an image to edit, if its file is still on disk."""
-        services = self.bot.services
-        if job is None or job.status is not JobStatus.DONE or not job.result_path:
-            return None
-        if not os.path.isfile(services.results_dir / job.result_path):
-            return None
-        return StoredImage(job.result_path), job_size(services.settings, job), job.id
 
     # ------------------------------------------------------------------ context menu
 
     async def edit_image_menu(self, interaction: discord.Interaction, message: discord.Message) -> None:
         """Right-click a message -> Apps -> Edit image: a modal asks for the prompt."""
-        me = self.bot.user
-        if me is not None and message.author.id == me.id:
-            job = await self.bot.services.store.job_by_result_message(message.id)
-            found = self._stored_result(job)
-            if found is not None:
-                source, size, parent_id = found
-                await interaction.response.send_modal(EditModal(source=source, size=size, parent_id=parent_id))
-                return
-        attachment = first_image_attachment(message)
-        if attachment is None:
-            raise UserError(NO_IMAGE_IN_MESSAGE)
+        target = await menu_target(self.bot.services, message, self._me_id())
+        if isinstance(target, Found):
+            await interaction.response.send_modal(EditModal(
+                source=target.image, size=target.size, parent_id=target.parent_id, shown=target.source,
+            ))
+            return
+        attachment, shown = target
         self._check(attachment)  # before the modal: no typing for a file we'd refuse
-        await interaction.response.send_modal(EditModal(source=attachment, size=None))
+        await interaction.response.send_modal(EditModal(source=attachment, size=None, shown=shown))
+
+    async def _member_defaults(self, interaction: discord.Interaction) -> MemberSettings:
+        """The asker's own defaults in this server (`/settings`); none outside a server."""
+        return await self.bot.services.store.get_member_settings(interaction.guild_id, interaction.user.id)
+
+    def _me_id(self) -> int:
+        me = self.bot.user
+        assert me is not None, "interactions arrive only once the bot is logged in"
+        return me.id
 
 
 async def setup(bot: ImagineBot) -> None:

@@ -69,6 +69,12 @@ HELP_FIELDS: tuple[tuple[str, str], ...] = (
         "next one frees up.",
     ),
     (
+        "Your jobs",
+        "`/jobs` lists your waiting and recent images here, with links and Cancel buttons.\n"
+        "`/cancel` stops your newest waiting or running image; `/cancel job:k3q7xm2a` a given "
+        "one. An image that failed on the bot's side gets a **Retry** button.",
+    ),
+    (
         "Your defaults",
         "`/settings shape:wide iterations:300` sets your own default shape and iterations on "
         "this server, used whenever you leave them out. `/settings` alone shows them; "

@@ -1,8 +1,9 @@
 """End to end: SimCord Discord -> the real bot -> a real engine worker process on the tiny
 random models (tests/conftest.py `tiny_models`) -> back to the channel.
 
-Slow-ish (the worker imports torch and loads the models once per test), so only the two
-journeys that matter: `/imagine` and `/edit` with an attachment.
+Slow-ish (the worker imports torch and loads the models once per test), so only the
+journeys that matter: `/imagine`, `/edit` with an attachment, and a worker killed mid-job
+(crash -> Retry -> the retry succeeds).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +20,7 @@ from PIL import Image
 
 from bot.engine_client import EngineClient, worker_command
 from bot.jobs import Job, JobStatus
+from engine import protocol
 from bot.sandbox import ExternallyWaited
 from tests.bot.fake_engine import World, png_bytes, running_world, text_of
 
@@ -102,3 +105,47 @@ async def test_edit_with_an_attachment_end_to_end_with_a_real_engine(real_engine
         (message,) = world.bot_messages()
         image = Image.open(io.BytesIO(await message.attachments[0].read()))
         assert image.size == (64, 64)
+
+
+async def ended(world: World, job_id: str) -> Job:
+    """Wait (in real time) for one job to end."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + JOB_TIMEOUT
+    while True:
+        job = await world.services.store.get_job(job_id)
+        assert job is not None
+        if job.status.is_finished:
+            await world.env.settle()
+            return job
+        assert loop.time() < deadline, f"job still {job.status} after {JOB_TIMEOUT} s"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_job_whose_worker_is_killed_gets_retry_and_the_retry_succeeds(
+    real_engine: RealEngine,
+) -> None:
+    # 40 iterations, a progress event each: time enough to kill the worker mid-job.
+    async with running_world(real_engine, **{**E2E_SETTINGS, "default_iterations": 40}) as world:  # type: ignore[arg-type]
+        await world.alice.slash(world.channel, "imagine", prompt="a red apple")
+        (job,) = await world.services.store.jobs_with_status()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + JOB_TIMEOUT
+        while (world.services.running is None or world.services.running.iteration < 1):
+            assert loop.time() < deadline, "the job never reported progress"
+            await asyncio.sleep(0.01)
+        ready = real_engine.ready_info
+        assert ready is not None
+        os.kill(ready.pid, signal.SIGKILL)
+
+        crashed = await ended(world, job.id)
+        assert (crashed.status, crashed.failure) == (JobStatus.FAILED, protocol.FAIL_CRASH)
+        (message,) = world.bot_messages()
+        assert [c.label for row in message.components for c in row.children] == ["Retry"]
+
+        result = await world.alice.click(message, label="Retry")
+        assert "Queued job" in text_of(result)
+        retry = (await world.services.store.jobs_with_status())[-1]
+        done = await ended(world, retry.id)
+        assert done.status is JobStatus.DONE, done.error
+        assert done.params["retry_of"] == job.id and done.iterations == 40
+        assert real_engine.ready_info is not None and real_engine.ready_info.pid != ready.pid

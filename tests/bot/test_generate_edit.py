@@ -87,15 +87,6 @@ async def test_edit_with_no_image_anywhere_says_how_to_give_one_and_queues_nothi
         assert await jobs(world) == [] and world.engine.submits == []
 
 
-async def test_edit_cannot_see_other_members_plain_message_images_without_message_content() -> None:
-    # Discord hides other users' attachments from a bot without the message_content intent
-    # (SimCord simulates it); such images are edited through image: or the context menu.
-    async with running_world() as world:
-        await world.bob.send(world.channel, "my photo", attachments=[png_file()])
-        result = await world.alice.slash(world.channel, "edit", prompt="withered flowers")
-        assert "no image to edit" in text_of(result)
-
-
 async def test_edit_sees_other_members_images_when_message_content_is_granted() -> None:
     async with running_world(env_options={"approved_intents": None}) as world:
         name, data = png_file()

@@ -9,6 +9,7 @@ import pytest
 
 from bot.jobs import Job, JobKind, JobStatus
 from bot.store import (
+    MIGRATIONS,
     SCHEMA_VERSION,
     JobNotFound,
     JobStateError,
@@ -398,3 +399,61 @@ async def test_guild_default_quota_set_get_reset(store: Store) -> None:
     assert await store.reset_guild_default_quota(GUILD) is True
     assert await store.get_guild_default_quota(GUILD) is None
     assert await store.reset_guild_default_quota(GUILD) is False
+
+
+# ---------------------------------------------------------------- issue 11 items 4-6
+
+
+async def test_a_failed_job_keeps_the_kind_of_its_failure(store: Store) -> None:
+    job = await add(store)
+    await store.mark_running(job.id)
+    failed = await store.mark_failed(job.id, "the engine crashed", failure="crash")
+    assert (failed.error, failed.failure) == ("the engine crashed", "crash")
+    assert (await store.get_job(job.id)).failure == "crash"
+
+
+async def test_job_by_message_finds_a_job_by_its_progress_or_its_result_message(store: Store) -> None:
+    running = await store.update_job((await add(store)).id, progress_message_id=11)
+    done = await store.update_job((await add(store)).id, progress_message_id=21, result_message_id=22)
+    assert (await store.job_by_message(11)).id == running.id
+    assert (await store.job_by_message(21)).id == done.id
+    assert (await store.job_by_message(22)).id == done.id
+    assert await store.job_by_message(99) is None
+
+
+async def test_recent_jobs_lists_unfinished_ones_first_then_the_newest(
+    store: Store, clock: FakeClock
+) -> None:
+    ids = []
+    for _ in range(4):
+        ids.append((await add(store)).id)
+        clock.advance(10)
+    await add(store, user_id=BOB)
+    await add(store, guild_id=GUILD + 1)
+    for job_id in ids[1:]:  # the oldest stays queued; the others end
+        await store.mark_cancelled(job_id)
+    recent = await store.recent_jobs(GUILD, ALICE, limit=3)
+    assert [j.id for j in recent] == [ids[0], ids[3], ids[2]]
+    assert await store.count_jobs(GUILD, ALICE) == 4
+
+
+async def test_a_database_from_before_failure_kinds_gains_the_column_and_keeps_its_jobs(
+    tmp_path: Path,
+) -> None:
+    # The version just before the migration that adds `failure` (found, not numbered:
+    # migrations are ordered when branches merge).
+    before = next(i for i, script in enumerate(MIGRATIONS) if "ADD COLUMN failure" in script)
+    path = tmp_path / "bot.sqlite3"
+    with sqlite3.connect(path) as db:
+        for script in MIGRATIONS[:before]:
+            db.executescript(script)
+        db.execute(f"PRAGMA user_version = {before}")
+        db.execute("INSERT INTO jobs (id, channel_id, user_id, kind, prompt, iterations, status, "
+                   "created_at, error) VALUES ('oldjob', 1, 2, 'imagine', 'p', 10, 'failed', 0, 'x')")
+    store = await Store.open(path)
+    try:
+        assert await store.schema_version() == SCHEMA_VERSION
+        old = await store.get_job("oldjob")
+        assert old is not None and (old.error, old.failure) == ("x", None)
+    finally:
+        await store.close()
