@@ -496,8 +496,26 @@ def _utc_date(epoch: float) -> str:
 
 #: The longest bar of the images-per-day chart.
 STATS_BAR_WIDTH = 12
-#: How much of an error text `/stats` quotes.
-STATS_CAUSE_CHARS = 120
+
+
+#: What each kind of failure (`Job.failure`) means, as `/stats` lists them.
+FAILURE_CAUSES: dict[str, str] = {
+    "crash": "the engine crashed",
+    "out_of_memory": "out of memory",
+    "shutdown": "interrupted by a restart",
+    "prompt": "a prompt the engine refused",
+    "input_image": "an image the engine could not use",
+    "input_missing": "an input image gone from disk",
+    "rejected": "a job the engine refused",
+    "engine": "another engine error",
+    "internal": "a bug (internal error)",
+}
+
+
+def failure_cause(kind: str | None) -> str:
+    if kind is None:
+        return "not recorded (failed before this version)"
+    return FAILURE_CAUSES.get(kind, kind)
 
 
 def stats_embed(stats: GuildStats) -> discord.Embed:
@@ -521,8 +539,7 @@ def stats_embed(stats: GuildStats) -> discord.Embed:
     if stats.failed == 0:
         failures = "none"
     else:
-        lines = [f"{count} × {quoted(cause, STATS_CAUSE_CHARS) if cause else '(no reason recorded)'}"
-                 for cause, count in stats.failures]
+        lines = [f"{count} × {failure_cause(kind)}" for kind, count in stats.failures]
         other = stats.failed - sum(count for _cause, count in stats.failures)
         if other:
             lines.append(f"{other} × other causes")

@@ -10,8 +10,8 @@ days ago until now, the same window for every figure):
 - waiting: `started_at - created_at` of the jobs that started in the window (a job that
   waited through a restart counts the whole wait);
 - running: `finished_at - started_at` of the images finished in the window;
-- failures: failed jobs grouped by their stored `error` text, the only record of why a job
-  failed; the same cause worded differently counts apart.
+- failures: failed jobs grouped by their kind (`Job.failure`: crash, out of memory, ...),
+  so one cause counts once however its message was worded.
 
 Counting and grouping run in SQL (`bot.store`); the median and the 95th percentile are
 taken here from the sorted durations SQL returns, since SQLite has no percentile function.
@@ -53,7 +53,7 @@ class GuildStats:
     running: Spread
     failed: int
     #: (error text, jobs), most first, at most TOP_FAILURES; `failed` counts all of them.
-    failures: tuple[tuple[str, int], ...]
+    failures: tuple[tuple[str | None, int], ...]
 
     @property
     def images(self) -> int:

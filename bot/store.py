@@ -827,19 +827,18 @@ class Store:
             rows = await cursor.fetchall()
         return [max(0.0, float(row[0])) for row in rows]
 
-    async def failure_counts(self, guild_id: int, since: float) -> list[tuple[str, int]]:
-        """(error text, jobs) of the jobs that failed since `since`, most first.
-
-        Grouped by the stored `error`, the only record of why a job failed; the same
-        cause worded differently (a size in an out-of-memory message) counts apart."""
+    async def failure_counts(self, guild_id: int, since: float) -> list[tuple[str | None, int]]:
+        """(failure kind, jobs) of the jobs that failed since `since`, most first. The kind
+        is `Job.failure` (an `engine.protocol.FAIL_*` reason or `FAIL_INPUT_MISSING`);
+        None for failures recorded before kinds were kept."""
         async with self._db.execute(
-            "SELECT COALESCE(error, '') AS cause, COUNT(*) AS n FROM jobs "
+            "SELECT failure, COUNT(*) AS n FROM jobs "
             "WHERE guild_id = ? AND status = 'failed' AND finished_at >= ? "
-            "GROUP BY cause ORDER BY n DESC, cause",
+            "GROUP BY failure ORDER BY n DESC, failure",
             (guild_id, since),
         ) as cursor:
             rows = await cursor.fetchall()
-        return [(str(cause), int(count)) for cause, count in rows]
+        return [(None if kind is None else str(kind), int(count)) for kind, count in rows]
 
 
 __all__ = [

@@ -10,6 +10,7 @@ from bot.render import stat_duration
 from bot.stats import DAY, Spread, guild_stats, spread, window_start
 from bot.store import Store
 from tests.bot.conftest import FakeClock
+from engine import protocol
 from tests.bot.fake_engine import World, running_world
 
 GUILD = 1001
@@ -24,7 +25,7 @@ TODAY = NOW - NOW % DAY
 async def job_at(store: Store, clock: FakeClock, *, created: float, started: float | None = None,
                  finished: float | None = None, status: JobStatus = JobStatus.DONE,
                  user_id: int = ALICE, guild_id: int = GUILD, seconds: float | None = None,
-                 error: str = "out of memory") -> Job:
+                 error: str = "out of memory", failure: str | None = "out_of_memory") -> Job:
     """A job queued at `created`, started at `started` and ended at `finished` with
     `status` (done jobs report `seconds`, by default their running time)."""
     clock.now = created
@@ -41,7 +42,7 @@ async def job_at(store: Store, clock: FakeClock, *, created: float, started: flo
         return await store.mark_done(job.id, result_path="r.png", seed=1,
                                      seconds=finished - started if seconds is None else seconds)
     if status is JobStatus.FAILED:
-        return await store.mark_failed(job.id, error)
+        return await store.mark_failed(job.id, error, failure=failure)
     return await store.mark_cancelled(job.id)
 
 
@@ -149,19 +150,29 @@ async def test_waiting_and_running_times_give_median_and_95th_percentile(store: 
     assert stats.running == Spread(20, 105.0, pytest.approx(190.5))
 
 
-async def test_failures_are_grouped_by_error_most_first_then_other(store: Store, clock: FakeClock) -> None:
-    causes = {"engine crashed": 3, "out of memory": 2, "a": 1, "b": 1, "c": 1, "d": 1, "e": 1}
-    for cause, count in causes.items():
-        for _ in range(count):
+async def test_failures_are_grouped_by_kind_most_first_then_other(store: Store, clock: FakeClock) -> None:
+    kinds = {"crash": 3, "out_of_memory": 2, "a": 1, "b": 1, "c": 1, "d": 1, "e": 1}
+    for kind, count in kinds.items():
+        for i in range(count):
             await job_at(store, clock, created=TODAY, started=TODAY + 1, finished=TODAY + 2,
-                         status=JobStatus.FAILED, error=cause)
+                         status=JobStatus.FAILED, error=f"worded differently {i}", failure=kind)
     await job_at(store, clock, created=TODAY, finished=TODAY + 1, status=JobStatus.FAILED,
-                 error="old", guild_id=OTHER_GUILD)
+                 failure="crash", guild_id=OTHER_GUILD)
 
     stats = await guild_stats(store, GUILD, NOW)
 
     assert stats.failed == 10
-    assert stats.failures == (("engine crashed", 3), ("out of memory", 2), ("a", 1), ("b", 1), ("c", 1))
+    assert stats.failures == (("crash", 3), ("out_of_memory", 2), ("a", 1), ("b", 1), ("c", 1))
+
+
+async def test_failures_recorded_without_a_kind_are_counted_as_not_recorded(
+    store: Store, clock: FakeClock
+) -> None:
+    await job_at(store, clock, created=TODAY, finished=TODAY + 1, status=JobStatus.FAILED, failure=None)
+
+    stats = await guild_stats(store, GUILD, NOW)
+
+    assert stats.failures == ((None, 1),)
 
 
 async def test_a_server_without_jobs_has_empty_figures(store: Store) -> None:
@@ -204,7 +215,8 @@ async def test_stats_shows_an_admin_the_servers_images_users_and_failures() -> N
         await world.alice.slash(world.channel, "imagine", prompt="one")
         await world.alice.slash(world.channel, "imagine", prompt="two")
         await world.bob.slash(world.channel, "imagine", prompt="three")
-        world.engine.fail_with = "the engine ran out of memory"
+        world.engine.fail_with = "out of GPU memory at 64x64; try 48x48"
+        world.engine.fail_reason = protocol.FAIL_OUT_OF_MEMORY
         await world.bob.slash(world.channel, "imagine", prompt="four")
         await world.env.settle()
 
@@ -215,7 +227,7 @@ async def test_stats_shows_an_admin_the_servers_images_users_and_failures() -> N
         assert chart.startswith("```") and chart.count("\n") == 8  # 7 days in a code block
         assert fields["Top members"] == (f"1. <@{world.alice.id}>: 2 images\n"
                                          f"2. <@{world.bob.id}>: 1 image")
-        assert fields["Failures: 1"] == "1 × “the engine ran out of memory”"
+        assert fields["Failures: 1"] == "1 × out of memory"
         assert "(3 images)" in fields["Running (started → done)"]
         assert "(4 jobs started)" in fields["Waiting (queued → started)"]
         assert fields["GPU time"].endswith(" min")
