@@ -51,6 +51,7 @@ class JobKind(StrEnum):
     IMAGINE = "imagine"
     EDIT = "edit"
     REROLL = "reroll"
+    VARY = "vary"
 
 
 #: The discord.py custom event (`bot.dispatch`) that wakes the job runner when a job is
@@ -101,3 +102,4 @@ class Job:
     seed: int | None = None  # the seed actually used (reported by the engine)
     seconds: float | None = None  # generation time reported by the engine
     error: str | None = None  # for failed jobs: a message fit to show the user
+    timelapse_message_id: int | None = None  # the message showing its timelapse, once posted

@@ -126,8 +126,14 @@ CREATE TABLE guild_settings (
 );
 """
 
+# Issue 11 item 8: the message that shows a result's timelapse, so a second click on
+# Timelapse links to it instead of posting it again.
+_TIMELAPSE_MESSAGE = """
+ALTER TABLE jobs ADD COLUMN timelapse_message_id INTEGER;
+"""
+
 #: MIGRATIONS[i] upgrades a database at user_version i to i + 1. Append; never edit.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _TIMELAPSE_MESSAGE)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _JOB_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Job))
