@@ -39,10 +39,13 @@ def services_of(interaction: discord.Interaction) -> Services:
     return services
 
 
-async def answer(interaction: discord.Interaction, text: str) -> None:
+async def answer(interaction: discord.Interaction, text: str | None = None, *,
+                 embed: discord.Embed | None = None) -> None:
     """Answer only the person who asked: the first response, or the deferred one."""
     if interaction.response.is_done():
-        await interaction.edit_original_response(content=text, embed=None, view=None)
+        await interaction.edit_original_response(content=text, embed=embed, view=None)
+    elif embed is not None:
+        await interaction.response.send_message(text, embed=embed, ephemeral=True)
     else:
         await interaction.response.send_message(text, ephemeral=True)
 
