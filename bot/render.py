@@ -246,12 +246,6 @@ def interrupted_embed(job: Job) -> discord.Embed:
 
 # ---- issue 11 items 7-8: the result's Info and Timelapse buttons
 
-#: The Info embed's description is limited to 4096 characters. The command fits with room:
-#: prompts are at most 500 characters and `replace` 100, so even quoted for the shell
-#: (a `'` becomes five characters) the command stays under about 3300.
-DESCRIPTION_LIMIT = 4096
-
-
 def message_link(guild_id: int | None, channel_id: int, message_id: int) -> str:
     """The URL that jumps to a message (`@me` stands for the guild in direct messages)."""
     return f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}/{message_id}"
@@ -281,7 +275,10 @@ def info_embed(job: Job, metadata: Mapping[str, str], command: str,
             "is in the bot's results folder (RESULTS_DIR) under that name. A copy with the "
             "same pixels does as well."
         )
-    embed.description = "\n".join(lines)[:DESCRIPTION_LIMIT]
+    # Within an embed description's 4096 characters: prompts are at most 500 characters and
+    # `replace` 100, so even quoted for the shell (a `'` becomes five) the command stays
+    # under about 3300, and the rest is short.
+    embed.description = "\n".join(lines)
     if user_text(job.prompt) != embed.title:  # the title was shortened: the whole prompt
         embed.add_field(name="Prompt", value=user_text(job.prompt, FIELD_LIMIT), inline=False)
     embed.add_field(name="Seed", value=f"`{job.seed}`" if job.seed is not None else "?")
@@ -317,8 +314,13 @@ def no_result_text(job: Job, what: str) -> str:
 
 
 def result_missing_text(job: Job) -> str:
-    return (f"The image of job `{job.id}` is no longer on the bot's disk, so I can't tell "
-            "how it was made.")
+    return f"The image of job `{job.id}` is no longer on the bot's disk."
+
+
+CANNOT_POST_TIMELAPSE = (
+    "I can't post the timelapse in this channel. Ask a server admin to give me the **Send "
+    "Messages** and **Attach Files** permissions here."
+)
 
 
 def timelapse_post_text(job: Job, frames: int) -> str:

@@ -228,11 +228,15 @@ async def _post_timelapse(interaction: discord.Interaction, services: Services, 
     """Post `job`'s timelapse unless its message is still there; returns the answer."""
     channel = interaction.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
     if job.timelapse_message_id is not None:
+        posted = render.message_link(job.guild_id, job.channel_id, job.timelapse_message_id)
         try:
-            posted = await channel.fetch_message(job.timelapse_message_id)
-            return render.timelapse_already_text(posted.jump_url)
+            await channel.fetch_message(job.timelapse_message_id)
+            return render.timelapse_already_text(posted)
         except discord.NotFound:
             pass  # deleted: post it again
+        except discord.HTTPException as error:  # can't look: better a link than a duplicate
+            log.warning("job %s: could not check its timelapse message: %s", job.id, error)
+            return render.timelapse_already_text(posted)
     png = await _result_png(services, job, "animate")
     frames = await asyncio.to_thread(kept_frames, services.results_dir, job.id)
     if not frames:
@@ -242,11 +246,15 @@ async def _post_timelapse(interaction: discord.Interaction, services: Services, 
     if job.result_message_id is not None:  # a reply to the result, if it is still there
         reply["reference"] = channel.get_partial_message(job.result_message_id).to_reference(
             fail_if_not_exists=False)
-    message = await channel.send(
-        render.timelapse_post_text(job, len(frames)),
-        file=discord.File(io.BytesIO(webp), filename=f"timelapse-{job.id}.webp"),
-        mention_author=False, allowed_mentions=discord.AllowedMentions.none(), **reply,
-    )
+    try:
+        message = await channel.send(
+            render.timelapse_post_text(job, len(frames)),
+            file=discord.File(io.BytesIO(webp), filename=f"timelapse-{job.id}.webp"),
+            mention_author=False, allowed_mentions=discord.AllowedMentions.none(), **reply,
+        )
+    except discord.HTTPException as error:
+        log.warning("job %s: cannot post its timelapse in channel %s: %s", job.id, job.channel_id, error)
+        raise UserError(render.CANNOT_POST_TIMELAPSE) from None
     await services.store.update_job(job.id, timelapse_message_id=message.id)
     return render.timelapse_posted_text(message.jump_url)
 

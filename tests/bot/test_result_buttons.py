@@ -68,6 +68,15 @@ async def test_a_result_has_reroll_vary_edit_info_and_timelapse_in_one_row() -> 
             ["Reroll", "Vary", "Edit", "Info", "Timelapse"]]
 
 
+async def test_help_explains_the_buttons_on_a_result() -> None:
+    async with running_world() as world:
+        result = await world.alice.slash(world.channel, "help")
+        assert result.response is not None
+        (embed,) = result.response.embeds
+        (buttons,) = [f.value for f in embed.fields if f.name == "Buttons on a finished image"]
+        assert all(f"**{label}**" in buttons for label in ("Reroll", "Vary", "Edit", "Info", "Timelapse"))
+
+
 # --- Vary ------------------------------------------------------------------------------------
 
 
@@ -154,6 +163,14 @@ async def test_info_command_gives_the_cli_exactly_the_prompt_and_settings(prompt
         assert (args.command, args.prompt, args.seed, args.size, args.iterations, args.cutn) == (
             "imagine", prompt, 5, (64, 64), 9, 32)
         assert (args.vqgan, args.clip, args.device, args.threads) == ("fake_vqgan", "fake_clip", "cpu", 1)
+
+
+async def test_info_of_the_longest_prompt_of_quotes_still_fits_in_its_answer() -> None:
+    async with running_world() as world:
+        prompt = "'" * 500  # each becomes five characters in the shell
+        _, message = await imagine_one(world, prompt)
+        argv = command_of(shown_embed(await world.alice.click(message, label="Info")))
+        assert argv[-1] == prompt
 
 
 async def test_info_of_an_edit_names_its_source_file_and_the_message_it_came_from() -> None:
