@@ -1,7 +1,7 @@
 """A user's request as the bot understands it, and the checks that need no Discord call.
 
-Every way of asking (`/imagine`, `/edit`, the "Edit image" menu and modal, the Reroll and
-Edit buttons) builds a `JobRequest` with these functions, so they all refuse bad input
+Every way of asking (`/imagine`, `/edit`, the "Edit image" menu and modal, the Reroll,
+Vary and Edit buttons) builds a `JobRequest` with these functions, so they all refuse bad input
 the same way, before anything is stored, queued or charged. Each refusal is a
 `RequestRejected`, whose text the one error handler shows to the user as is.
 """

@@ -11,7 +11,7 @@ engine and turns the engine's events into edits of the job's progress message:
   progress bar and an ETA, at most once per PROGRESS_INTERVAL seconds. A Discord error while
   editing progress is logged and ignored: the picture matters more than the preview.
 - `Done` -> the PNG saved as RESULTS_DIR/<job id>.png, the job marked done, and the
-  progress message edited into the result (PNG, prompt, seed, time, Reroll/Edit buttons).
+  progress message edited into the result (PNG, prompt, seed, time, its buttons).
   If that message is gone, the result is posted as a new message.
 - `Failed` -> marked failed (not charged) and the plain reason shown.
 - `Cancelled` -> marked cancelled (not charged).
