@@ -31,8 +31,10 @@ async def all_finished(world: World, count: int) -> list[Job]:
     while True:
         jobs = await world.services.store.jobs_with_status()
         if len(jobs) == count and all(job.status.is_finished for job in jobs):
+            # A job is marked done before its message becomes the result: read it again
+            # once the bot has settled.
             await world.env.settle()
-            return jobs
+            return await world.services.store.jobs_with_status()
         assert loop.time() < deadline, f"jobs still {[j.status for j in jobs]} after {JOB_TIMEOUT} s"
         await asyncio.sleep(0.1)
 
