@@ -1,8 +1,8 @@
 """A user's request as the bot understands it, and the checks that need no Discord call.
 
 Every way of asking (`/imagine`, `/edit`, the "Edit image" menu and modal, the Reroll,
-Vary and Edit buttons) builds a `JobRequest` with these functions, so they all refuse bad input
-the same way, before anything is stored, queued or charged. Each refusal is a
+Vary and Edit buttons) builds a `JobRequest` with these functions, so they all refuse bad
+input the same way, before anything is stored, queued or charged. Each refusal is a
 `RequestRejected`, whose text the one error handler shows to the user as is.
 """
 
@@ -18,7 +18,7 @@ from bot.attachments import CheckedImage
 from bot.config import MIN_SIDE, SIZE_MULTIPLE, Settings
 from bot.errors import UserError
 from bot.jobs import Job, JobKind
-from bot.render import user_text
+from bot.render import no_result_text, user_text
 from engine.errors import EngineError, PromptError
 from engine.limits import check_seed
 from engine.prompts import TextPrompt, parse_prompt
@@ -222,7 +222,7 @@ def vary_request(settings: Settings, results_dir: Path, job: Job) -> JobRequest:
     (`full_iterations`), so a Vary of a Vary (or of its Reroll) is as long as the first."""
     source = stored_input(results_dir, job.result_path) if job.result_path else None
     if source is None:
-        raise RequestRejected(f"Job `{job.id}` has no finished image to vary.")
+        raise RequestRejected(no_result_text(job, "vary"))
     params = job.params
     full = int(params.get("full_iterations") or job.iterations)
     width, height = job_size(settings, job)
