@@ -39,7 +39,7 @@ def services_of(interaction: discord.Interaction) -> Services:
     return services
 
 
-async def answer(interaction: discord.Interaction, text: str, *,
+async def answer(interaction: discord.Interaction, text: str | None = None, *,
                  embed: discord.Embed | None = None) -> None:
     """Answer only the person who asked: the first response, or the deferred one (with
     `embed` under the text, if given)."""

@@ -51,6 +51,7 @@ class JobKind(StrEnum):
     IMAGINE = "imagine"
     EDIT = "edit"
     REROLL = "reroll"
+    VARY = "vary"
 
 
 #: The discord.py custom event (`bot.dispatch`) that wakes the job runner when a job is
@@ -105,6 +106,7 @@ class Job:
     #: bot's own, `bot.retry`), which decides whether it gets a Retry button. None for
     #: failures recorded before it was kept.
     failure: str | None = None
+    timelapse_message_id: int | None = None  # the message showing its timelapse, once posted
 
 
 #: `Job.failure` of a job whose input image was gone from disk when it was to run (the

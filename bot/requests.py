@@ -1,8 +1,8 @@
 """A user's request as the bot understands it, and the checks that need no Discord call.
 
-Every way of asking (`/imagine`, `/edit`, the "Edit image" menu and modal, the Reroll and
-Edit buttons) builds a `JobRequest` with these functions, so they all refuse bad input
-the same way, before anything is stored, queued or charged. Each refusal is a
+Every way of asking (`/imagine`, `/edit`, the "Edit image" menu and modal, the Reroll,
+Vary and Edit buttons) builds a `JobRequest` with these functions, so they all refuse bad
+input the same way, before anything is stored, queued or charged. Each refusal is a
 `RequestRejected`, whose text the one error handler shows to the user as is.
 """
 
@@ -18,7 +18,7 @@ from bot.attachments import CheckedImage
 from bot.config import MIN_SIDE, SIZE_MULTIPLE, Settings
 from bot.errors import UserError
 from bot.jobs import ImageSource, Job, JobKind
-from bot.render import user_text
+from bot.render import no_result_text, user_text
 from bot.store import MemberSettings
 from engine.errors import EngineError, PromptError
 from engine.limits import check_seed
@@ -206,4 +206,57 @@ def reroll_request(settings: Settings, results_dir: Path, job: Job) -> JobReques
         image_prompt=stored_input(results_dir, params.get("image_prompt_path")),
         replace=params.get("replace"),
         parent_id=job.id,
+        extra=_full_run(params),
     )
+
+
+# ---- issue 11 item 7: Vary
+
+#: A Vary runs this fraction of the iterations of the run that made the image it varies.
+VARY_FRACTION = 0.25
+
+
+def vary_iterations(settings: Settings, full_iterations: int) -> int:
+    """A quarter of the full run, rounded up (and within MAX_ITERATIONS).
+
+    Why a quarter: a Vary starts from the finished image, where the loss is already low;
+    with a new seed the cutouts (section 2.3) are new, so the image moves towards what the
+    new views of the same prompt favour. Adam moves each latent entry by about the learning
+    rate per step whatever the gradient's size, so how far the image can drift grows with
+    the number of steps: a quarter of the run is long enough to rework details and short
+    enough to keep the composition, and it costs a quarter of the GPU time. The α·mean(z²)
+    term (section 2.4) decays over these steps as over any run. A choice by that reasoning,
+    not measured on real models (the tests' tiny models make noise).
+    """
+    return max(1, min(settings.max_iterations, math.ceil(full_iterations * VARY_FRACTION)))
+
+
+def vary_request(settings: Settings, results_dir: Path, job: Job) -> JobRequest:
+    """A short re-optimisation of `job`'s result: the same prompt (and `replace`, image
+    prompt and size), a new seed, the result as the image to start from, and
+    `vary_iterations` of the full run. The full run's length travels in the params
+    (`full_iterations`), so a Vary of a Vary (or of its Reroll) is as long as the first."""
+    source = stored_input(results_dir, job.result_path) if job.result_path else None
+    if source is None:
+        raise RequestRejected(no_result_text(job, "vary"))
+    params = job.params
+    full = int(params.get("full_iterations") or job.iterations)
+    width, height = job_size(settings, job)
+    return JobRequest(
+        kind=JobKind.VARY,
+        prompt=job.prompt,
+        width=width,
+        height=height,
+        iterations=vary_iterations(settings, full),
+        seed=None,
+        init_image=source,
+        image_prompt=stored_input(results_dir, params.get("image_prompt_path")),
+        replace=params.get("replace"),
+        parent_id=job.id,
+        extra={"full_iterations": full},
+    )
+
+
+def _full_run(params: dict[str, Any]) -> dict[str, Any]:
+    """The `full_iterations` a Vary records, for a job made from one (else nothing)."""
+    return {"full_iterations": params["full_iterations"]} if params.get("full_iterations") else {}

@@ -6,11 +6,12 @@ is running (starting it if needed, retrying with backoff while it cannot start),
 next job by the fair rule (`Scheduler.pop_nowait`), marks it running, submits it to the
 engine and turns the engine's events into edits of the job's progress message:
 
-- `Progress` -> the newest preview JPEG (attached, shown as the embed image), a progress
-  bar and an ETA, at most once per PROGRESS_INTERVAL seconds. A Discord error while
+- `Progress` -> every preview JPEG kept as a frame of the job's timelapse
+  (`bot.timelapse`), and the newest one attached (shown as the embed image) with a
+  progress bar and an ETA, at most once per PROGRESS_INTERVAL seconds. A Discord error while
   editing progress is logged and ignored: the picture matters more than the preview.
 - `Done` -> the PNG saved as RESULTS_DIR/<job id>.png, the job marked done, and the
-  progress message edited into the result (PNG, prompt, seed, time, Reroll/Edit buttons).
+  progress message edited into the result (PNG, prompt, seed, time, its buttons).
   If that message is gone, the result is posted as a new message.
 - `Failed` -> marked failed (not charged) with its kind (`Job.failure`), the plain reason
   shown, and Retry buttons if it was not the user's doing (`bot.retry`).
@@ -58,6 +59,7 @@ from bot.requests import job_size
 from bot.retry import fail_unresumed
 from bot.services import RunningJob, Services
 from bot.store import JobStateError
+from bot.timelapse import discard_frames, keep_frame
 from engine import protocol
 from engine.prompts import parse_prompt
 
@@ -264,11 +266,15 @@ class JobRunner:
         messages = self.services.messages
         running = self.services.running
         assert running is not None and running.job_id == job.id
+        done = False
         try:
             try:
                 job = await self.services.store.mark_running(job.id)
             except JobStateError:  # cancelled between leaving the queue and now
                 return
+            # A run starts with no frames (those of a run the bot was killed in would mix
+            # with this one's), and keeps them only if it ends done (see `finally`).
+            discard_frames(self.services.results_dir, job.id)
             if running.cancel_requested:
                 await self._cancelled(job, running)
                 return
@@ -289,6 +295,7 @@ class JobRunner:
                     last_edit = await self._progress(job, running, event, last_edit)
                 elif isinstance(event, protocol.Done):
                     await self._done(job, event)
+                    done = True
                     return
                 elif isinstance(event, protocol.Failed):
                     if event.reason == protocol.FAIL_SHUTDOWN:
@@ -317,6 +324,8 @@ class JobRunner:
             await messages.apology(job)
         finally:
             self._awaiting_engine = None
+            if not done:  # failed, cancelled or interrupted: no result, no timelapse
+                discard_frames(self.services.results_dir, job.id)
 
     async def _hand_over(self, job: Job, running: RunningJob,
                          submit: protocol.Submit) -> AsyncIterator[protocol.JobEvent] | None:
@@ -377,6 +386,7 @@ class JobRunner:
 
     async def _progress(self, job: Job, running: RunningJob, event: protocol.Progress,
                         last_edit: float) -> float:
+        keep_frame(self.services.results_dir, job.id, event.iteration, event.preview)
         running.iteration = event.iteration
         running.total = event.total
         if event.iteration > 0 and event.elapsed > 0:

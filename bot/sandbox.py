@@ -273,7 +273,8 @@ def welcome_embed(plan: SandboxPlan, kept_in: Path | None, device: str | None) -
             "The real bot and image engine in a simulated Discord: no token, and nothing "
             "leaves this computer.\n"
             "Type `/imagine a forest rendered in low poly` below, then try **Reroll**, "
-            "**Edit** and **Cancel**. `/help` explains the prompt grammar."
+            "**Vary**, **Edit**, **Info**, **Timelapse** and **Cancel**. `/help` explains the "
+            "prompt grammar."
         ),
         colour=discord.Colour.blurple(),
     )

@@ -187,8 +187,16 @@ ALTER TABLE jobs ADD COLUMN failure TEXT;
 CREATE INDEX jobs_progress_message ON jobs (progress_message_id);
 """
 
+# Issue 11 item 8: the message that shows a result's timelapse, so a second click on
+# Timelapse links to it instead of posting it again.
+_TIMELAPSE_MESSAGE = """
+ALTER TABLE jobs ADD COLUMN timelapse_message_id INTEGER;
+"""
+
 #: MIGRATIONS[i] upgrades a database at user_version i to i + 1. Append; never edit.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_BLOCKLIST_AND_MEMBER_SETTINGS, _FAILURE_AND_MESSAGE_INDEX)
+MIGRATIONS: tuple[str, ...] = (
+    _SCHEMA_V1, _SCHEMA_BLOCKLIST_AND_MEMBER_SETTINGS, _FAILURE_AND_MESSAGE_INDEX, _TIMELAPSE_MESSAGE,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _JOB_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Job))

@@ -1,5 +1,6 @@
-"""The job buttons and the edit modal: Cancel (on a waiting or running job), Reroll and
-Edit (on a result), Retry and Retry smaller (on a failure that was not the user's doing).
+"""The job buttons and the edit modal: Cancel (on a waiting or running job); Reroll, Vary,
+Edit, Info and Timelapse (on a result: five, the most a row holds); Retry and Retry smaller
+(on a failure that was not the user's doing).
 
 The buttons are discord.py `DynamicItem`s whose custom id carries the job id
 (`vqc:reroll:<job id>`), so they need no in-memory view: any bot process that registered
@@ -11,12 +12,15 @@ each click is run through the one error handler here (`_JobButton.callback`).
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 import re
 from typing import Any, ClassVar, Self
 
 import discord
 
+from bot import render
 from bot.attachments import fetch_image
 from bot.cancel import cancel_job
 from bot.config import Settings
@@ -26,6 +30,7 @@ from bot.interactions import answer, defer, report_error, services_of
 from bot.jobs import ImageSource, Job, JobKind, JobStatus
 from bot.permissions import may_manage
 from bot.render import RETRY_LABEL, retry_smaller_label
+from bot.recipe import png_text, reproduce_argv, shell_command
 from bot.requests import (
     InputImage,
     JobRequest,
@@ -37,9 +42,11 @@ from bot.requests import (
     validate_iterations,
     validate_prompt,
     validate_replace,
+    vary_request,
 )
 from bot.retry import can_retry, retry_request, smaller_retry_size
 from bot.services import Services
+from bot.timelapse import animate, kept_frames
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,9 @@ REROLL_PREFIX = "vqc:reroll:"
 EDIT_PREFIX = "vqc:edit:"
 RETRY_PREFIX = "vqc:retry:"
 RETRY_SMALLER_PREFIX = "vqc:retrysmall:"
+VARY_PREFIX = "vqc:vary:"
+INFO_PREFIX = "vqc:info:"
+TIMELAPSE_PREFIX = "vqc:timelapse:"
 
 
 class _JobButton:
@@ -178,6 +188,120 @@ class RetrySmallerButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button],
                                                            job, smaller=True))
 
 
+class VaryButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], template=VARY_PREFIX + _JOB):
+    """Re-optimises this result briefly with the same prompt and a new seed
+    (`requests.vary_request`): a new job for the clicker, charged like a Reroll."""
+
+    PREFIX = VARY_PREFIX
+    LABEL = "Vary"
+    STYLE = discord.ButtonStyle.primary
+    EMOJI = "🔀"
+
+    async def on_click(self, interaction: discord.Interaction, services: Services, job: Job) -> None:
+        request = vary_request(services.settings, services.results_dir, job)
+        await submit_and_answer(interaction, request)
+
+
+class InfoButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], template=INFO_PREFIX + _JOB):
+    """Answers privately with how this image was made and the `vqgan-clip` command that
+    makes it again (`bot.recipe`). It reveals nothing the PNG's own text chunks don't."""
+
+    PREFIX = INFO_PREFIX
+    LABEL = "Info"
+    STYLE = discord.ButtonStyle.secondary
+    EMOJI = "ℹ️"
+
+    async def on_click(self, interaction: discord.Interaction, services: Services, job: Job) -> None:
+        png = await _result_png(services, job, "describe")
+        metadata = await asyncio.to_thread(png_text, png)
+        command = shell_command(reproduce_argv(job, metadata))
+        await answer(interaction, embed=render.info_embed(job, metadata, command,
+                                                          await _source_link(services, job)))
+
+
+class TimelapseButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button],
+                      template=TIMELAPSE_PREFIX + _JOB):
+    """Posts the animated WebP of this result's optimisation in the channel (a reply to the
+    result, pinging no one) and tells the clicker where. Once per result: a later click
+    links to that message, unless it was deleted."""
+
+    PREFIX = TIMELAPSE_PREFIX
+    LABEL = "Timelapse"
+    STYLE = discord.ButtonStyle.secondary
+    EMOJI = "🎞️"
+
+    #: Jobs whose timelapse this process is posting now. Checked and claimed with no await
+    #: in between (the event loop runs one callback at a time), and the job re-read after
+    #: the claim, so two quick clicks never post twice.
+    posting: ClassVar[set[str]] = set()
+
+    async def on_click(self, interaction: discord.Interaction, services: Services, job: Job) -> None:
+        if job.id in self.posting:
+            await answer(interaction, render.timelapse_busy_text(job))
+            return
+        self.posting.add(job.id)
+        try:
+            await defer(interaction)
+            fresh = await services.store.get_job(job.id)
+            assert fresh is not None, "jobs are never deleted"
+            await answer(interaction, await _post_timelapse(interaction, services, fresh))
+        finally:
+            self.posting.discard(job.id)
+
+
+async def _result_png(services: Services, job: Job, what: str) -> bytes:
+    """The result's PNG, or a `UserError` saying why there is none."""
+    if job.status is not JobStatus.DONE or not job.result_path:
+        raise UserError(render.no_result_text(job, what))
+    try:
+        return await asyncio.to_thread((services.results_dir / job.result_path).read_bytes)
+    except OSError:
+        raise UserError(render.result_missing_text(job)) from None
+
+
+async def _source_link(services: Services, job: Job) -> str | None:
+    """The message of the result an edit started from (a Vary's, an Edit button's)."""
+    parent = await services.store.get_job(job.parent_id) if job.parent_id else None
+    if parent is None or parent.result_message_id is None or parent.result_path != job.input_path:
+        return None
+    return render.message_link(parent.guild_id, parent.channel_id, parent.result_message_id)
+
+
+async def _post_timelapse(interaction: discord.Interaction, services: Services, job: Job) -> str:
+    """Post `job`'s timelapse unless its message is still there; returns the answer."""
+    channel = interaction.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+    if job.timelapse_message_id is not None:
+        posted = render.message_link(job.guild_id, job.channel_id, job.timelapse_message_id)
+        try:
+            await channel.fetch_message(job.timelapse_message_id)
+            return render.timelapse_already_text(posted)
+        except discord.NotFound:
+            pass  # deleted: post it again
+        except discord.HTTPException as error:  # can't look: better a link than a duplicate
+            log.warning("job %s: could not check its timelapse message: %s", job.id, error)
+            return render.timelapse_already_text(posted)
+    png = await _result_png(services, job, "animate")
+    frames = await asyncio.to_thread(kept_frames, services.results_dir, job.id)
+    if not frames:
+        raise UserError(render.no_timelapse_text(job))
+    webp = await asyncio.to_thread(animate, frames, png)
+    reply: dict[str, Any] = {}
+    if job.result_message_id is not None:  # a reply to the result, if it is still there
+        reply["reference"] = channel.get_partial_message(job.result_message_id).to_reference(
+            fail_if_not_exists=False)
+    try:
+        message = await channel.send(
+            render.timelapse_post_text(job, len(frames)),
+            file=discord.File(io.BytesIO(webp), filename=f"timelapse-{job.id}.webp"),
+            mention_author=False, allowed_mentions=discord.AllowedMentions.none(), **reply,
+        )
+    except discord.HTTPException as error:
+        log.warning("job %s: cannot post its timelapse in channel %s: %s", job.id, job.channel_id, error)
+        raise UserError(render.CANNOT_POST_TIMELAPSE) from None
+    await services.store.update_job(job.id, timelapse_message_id=message.id)
+    return render.timelapse_posted_text(message.jump_url)
+
+
 class EditModal(discord.ui.Modal, title="Edit image"):
     """Asks for the edit prompt (and optionally what to replace), then queues the edit.
 
@@ -239,8 +363,8 @@ def progress_view(job_id: str) -> discord.ui.View:
 def result_view(job_id: str) -> discord.ui.View:
     """The buttons of a finished image."""
     view = discord.ui.View(timeout=None)
-    view.add_item(RerollButton(job_id))
-    view.add_item(EditButton(job_id))
+    for button in (RerollButton, VaryButton, EditButton, InfoButton, TimelapseButton):
+        view.add_item(button(job_id))
     return view
 
 
@@ -257,4 +381,5 @@ def failure_view(settings: Settings, job: Job) -> discord.ui.View | None:
     return view
 
 
-DYNAMIC_ITEMS = (CancelButton, RerollButton, EditButton, RetryButton, RetrySmallerButton)
+DYNAMIC_ITEMS = (CancelButton, RerollButton, EditButton, VaryButton, InfoButton, TimelapseButton,
+                 RetryButton, RetrySmallerButton)

@@ -1,5 +1,5 @@
 """The generation surface: `/imagine`, `/edit`, the "Edit image" context menu, and the
-Reroll / Edit / Cancel buttons (their classes live in `bot.views`; registered here).
+job buttons (their classes live in `bot.views`; registered here).
 
 This cog only reads Discord input: it builds a `JobRequest` with `bot.requests` and queues
 it with `bot.enqueue` (both shared with the buttons and the modal); which image an edit

@@ -58,6 +58,14 @@ HELP_FIELDS: tuple[tuple[str, str], ...] = (
         "image -> Apps -> **Edit image**.",
     ),
     (
+        "Buttons on a finished image",
+        "**Reroll**: the same prompt with a new seed. **Vary**: a short re-run of this image "
+        "with a new seed (a quarter of its iterations): the same picture, other details. "
+        "**Edit**: change it with a new prompt. Each is a new image for whoever clicks.\n"
+        "**Info** (only you see it): seed, size, models, and the `vqgan-clip` command that "
+        "makes the same image. **Timelapse**: posts an animation of the image forming.",
+    ),
+    (
         "Tips",
         "Concrete nouns and styles work best (`oil painting`, `pixel art`, "
         "`trending on artstation`). The same prompt with the same seed gives the same image.",

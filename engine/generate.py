@@ -20,7 +20,8 @@ that CLIP finds the decoded image close to the targets. In the paper's terms:
   range), so it cannot drift where the decoder has never been.
 
 Reproducibility: one CPU `torch.Generator` seeded from `seed` drives the start codes and all
-cutout randomness, so the same seed, inputs and device give the same PNG bytes on CPU.
+cutout randomness, so the same seed, inputs and device give the same PNG bytes on CPU, with
+the same number of CPU threads (recorded in the PNG as `threads`).
 
 Speed on a GPU (`Numerics`): the decoder runs under autocast in the loop (bf16 where the GPU
 computes it natively, else fp16) and in channels_last; CLIP runs in its own dtype (fp16, as
@@ -512,7 +513,12 @@ class Generator:
             "l2_decay": request.l2_decay,
             "mode": "edit" if request.init_image is not None else "generate",
             "software": f"vqgan-clip-bot {__version__}",
+            "device": self.device.type,
         }
+        if self.device.type == "cpu":
+            # On the CPU the bytes depend on it: reductions split across threads round
+            # differently. With it (`vqgan-clip --threads`) the same CPU remakes the same PNG.
+            meta["threads"] = str(torch.get_num_threads())
         if request.init_image is not None:
             meta["keep_structure"] = f"{request.keep_structure:g}"
         if mask is not None:

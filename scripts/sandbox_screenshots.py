@@ -77,9 +77,11 @@ async def take(page: Any, out: Path) -> None:
     await result.evaluate("element => element.scrollIntoView({block: 'end'})")
     message = await result.bounding_box()
     embed = await result.locator("article").first.bounding_box()
-    assert message is not None and embed is not None
+    last_button = await result.get_by_role("button", name="Timelapse").bounding_box()  # the row may be wider
+    assert message is not None and embed is not None and last_button is not None
+    right = max(embed["x"] + embed["width"], last_button["x"] + last_button["width"])
     clip = {"x": message["x"], "y": message["y"], "height": message["height"],
-            "width": embed["x"] + embed["width"] + 16 - message["x"]}
+            "width": right + 16 - message["x"]}
     save(await page.screenshot(clip=clip), out / "sandbox-result.png")  # type: ignore[arg-type]
 
     # The Edit button's form.

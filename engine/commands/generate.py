@@ -132,6 +132,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="model folder (default: $MODEL_DIR, else ./models)")
     parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu (default auto)")
+    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                        help="CPU threads PyTorch computes with (default: its own choice, about one "
+                             "per core); on the CPU the exact bytes of the image depend on it")
     parser.add_argument("--save-every", type=_positive_int, default=None, metavar="N",
                         help="also write every Nth frame next to the output (out_0010.png, ...)")
     parser.add_argument("--timelapse", type=Path, default=None, metavar="PATH",
@@ -222,9 +225,13 @@ def _run(args: argparse.Namespace, init_path: Path | None) -> int:
     else:
         size = (DEFAULT_SIZE, DEFAULT_SIZE)
 
+    import torch
+
     from engine.generate import GenerationRequest, Generator
     from engine.models import ModelSpec, load_models
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     spec = ModelSpec(
         vqgan=args.vqgan, clip=args.clip,
         model_dir=args.model_dir if args.model_dir is not None else registry.default_model_dir(),

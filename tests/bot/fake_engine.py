@@ -29,7 +29,7 @@ from typing import Any
 
 import discord
 import simcord
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from bot.app import ImagineBot
 from bot.config import Settings
@@ -44,10 +44,31 @@ def jpeg_bytes(width: int = 32, height: int = 32, colour: tuple[int, int, int] =
     return buffer.getvalue()
 
 
-def png_bytes(width: int, height: int, colour: tuple[int, int, int] = (40, 120, 200)) -> bytes:
+def png_bytes(width: int, height: int, colour: tuple[int, int, int] = (40, 120, 200),
+              text: dict[str, str] | None = None) -> bytes:
+    info = PngImagePlugin.PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
     buffer = io.BytesIO()
-    Image.new("RGB", (width, height), colour).save(buffer, "PNG")
+    Image.new("RGB", (width, height), colour).save(buffer, "PNG", pnginfo=info)
     return buffer.getvalue()
+
+
+def result_text(job: protocol.Submit, seed: int) -> dict[str, str]:
+    """The text chunks the real engine writes into a result (`Generator._metadata`), with
+    the fake's model names and the method's settings as the engine's defaults."""
+    text = {"prompt": " + ".join(p.text for p in job.prompts), "seed": str(seed),
+            "iterations": str(job.iterations), "size": f"{job.width}x{job.height}",
+            "vqgan": "fake_vqgan", "clip": "fake_clip", "cutn": str(job.cutn), "lr": "0.15",
+            "l2": "0.75", "l2_decay": "linear",
+            "mode": "edit" if job.init_image is not None else "generate",
+            "device": "cpu", "threads": "1"}
+    if job.init_image is not None:
+        text["keep_structure"] = "0"
+    if job.replace is not None:
+        text["original_weight"] = "0.5"
+        text["replace"] = job.replace
+    return text
 
 
 class FakeEngineStartError(Exception):
@@ -256,8 +277,9 @@ class FakeEngine:
         if self.fail_with is not None:
             yield protocol.Failed(job.job, self.fail_with, self.fail_reason)
             return
-        yield protocol.Done(job.job, png_bytes(job.width, job.height), seed=job.seed if job.seed is not None else 1234,
-                            seconds=0.5 * job.iterations, iterations=job.iterations,
+        seed = job.seed if job.seed is not None else 1234
+        yield protocol.Done(job.job, png_bytes(job.width, job.height, text=result_text(job, seed)),
+                            seed=seed, seconds=0.5 * job.iterations, iterations=job.iterations,
                             width=job.width, height=job.height)
 
 

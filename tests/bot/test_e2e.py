@@ -89,7 +89,8 @@ async def test_imagine_end_to_end_with_a_real_engine(real_engine: RealEngine) ->
         (attachment,) = message.attachments
         image = Image.open(io.BytesIO(await attachment.read()))
         assert (image.format, image.size) == ("PNG", (64, 64))
-        assert [c.label for row in message.components for c in row.children] == ["Reroll", "Edit"]
+        assert [c.label for row in message.components for c in row.children] == [
+            "Reroll", "Vary", "Edit", "Info", "Timelapse"]
         assert job.seed is not None and job.iterations == 10
 
 

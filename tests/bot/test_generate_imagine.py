@@ -56,7 +56,7 @@ async def test_imagine_posts_one_message_that_ends_as_the_png_with_buttons() -> 
         image = Image.open(io.BytesIO(await attachment.read()))
         assert image.format == "PNG" and image.size == (64, 64)
         labels = [c.label for row in message.components for c in row.children]
-        assert labels == ["Reroll", "Edit"]
+        assert labels == ["Reroll", "Vary", "Edit", "Info", "Timelapse"]
         (embed,) = message.embeds
         assert embed.title == "a lighthouse"
         assert embed.image.url.endswith(f"{job.id}.png")

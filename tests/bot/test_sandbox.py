@@ -66,7 +66,7 @@ async def sandbox_page(data_dir: Path, engine: FakeEngine | None = None, *, tiny
 
 
 def is_result(message: dict[str, Any]) -> bool:
-    return button_labels(message) == ["Reroll", "Edit"]
+    return button_labels(message) == ["Reroll", "Vary", "Edit", "Info", "Timelapse"]
 
 
 # --- what a person does at the page ------------------------------------------------------------

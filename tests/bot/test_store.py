@@ -71,6 +71,26 @@ async def test_reopening_keeps_data_and_does_not_migrate_again(
         await second.close()
 
 
+async def test_a_database_from_before_timelapses_keeps_its_jobs_and_gains_their_message(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "bot.sqlite3"
+    before = next(i for i, script in enumerate(MIGRATIONS) if "timelapse_message_id" in script)
+    with sqlite3.connect(path) as db:
+        for script in MIGRATIONS[:before]:
+            db.executescript(script)
+        db.execute("INSERT INTO jobs (id, channel_id, user_id, kind, prompt, iterations, status, "
+                   "created_at) VALUES ('old', 1, 2, 'imagine', 'a fox', 10, 'done', 0)")
+        db.execute(f"PRAGMA user_version = {before}")
+    store = await Store.open(path)
+    try:
+        assert (await store.get_job("old")).timelapse_message_id is None
+        job = await store.update_job("old", timelapse_message_id=77)
+        assert job.timelapse_message_id == 77 and await store.schema_version() == SCHEMA_VERSION
+    finally:
+        await store.close()
+
+
 async def test_database_from_a_newer_release_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "bot.sqlite3"
     with sqlite3.connect(path) as db:

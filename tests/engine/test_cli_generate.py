@@ -215,6 +215,28 @@ def test_the_largest_seed_is_accepted(tiny_models, tmp_path: Path) -> None:
     assert png_metadata(out.read_bytes())["seed"] == str(2**53)
 
 
+@pytest.fixture
+def restore_threads():
+    """`--threads` sets torch's thread count for the whole process: put it back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_threads_sets_the_cpu_threads_of_the_run_and_the_png_records_them(
+        tiny_models, tmp_path: Path, restore_threads) -> None:
+    import torch
+
+    out = tmp_path / "x.png"
+    wanted = 1 if torch.get_num_threads() != 1 else 2
+    assert main(["imagine", "a cat", "-o", str(out), "--size", "16", "--iterations", "1",
+                 "--threads", str(wanted), *_tiny_args(tiny_models)]) == 0
+    meta = png_metadata(out.read_bytes())
+    assert (meta["device"], meta["threads"]) == ("cpu", str(wanted))
+
+
 def test_bad_size_is_a_usage_error(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["imagine", "a cat", "--size", "big"])

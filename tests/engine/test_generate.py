@@ -142,6 +142,12 @@ def test_result_png_carries_metadata(gumbel_generator: Generator, tiny_models) -
     assert isinstance(result, GenerationResult) and result.iterations == 1 and result.seconds > 0
 
 
+def test_a_cpu_result_records_its_device_and_thread_count(gumbel_generator: Generator) -> None:
+    """On the CPU the bytes depend on the number of threads; the PNG says how many ran."""
+    meta = png_metadata(gumbel_generator.run(_request(iterations=1)).png)
+    assert (meta["device"], meta["threads"]) == ("cpu", str(torch.get_num_threads()))
+
+
 def test_size_rounded_down_to_factor(gumbel_generator: Generator) -> None:
     result = gumbel_generator.run(_request(size=(45, 20), iterations=1))
     assert result.size == (40, 16) and result.image.size == (40, 16)
