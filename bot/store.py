@@ -25,8 +25,8 @@ from typing import Any
 
 import aiosqlite
 
-from bot.jobs import (CHARGED_STATUSES, FINISHED_STATUSES, Job, JobStatus, new_job_id,
-                      normalize_job_id)
+from bot.jobs import (CHARGED_STATUSES, FINISHED_STATUSES, Job, JobStatus, QueueNote,
+                      new_job_id, normalize_job_id)
 
 Clock = Callable[[], float]
 
@@ -126,8 +126,20 @@ CREATE TABLE guild_settings (
 );
 """
 
+# What each waiting job's message last said about its place in the queue
+# (`bot/queue_notes.py`). A restarted bot reads it back: no two messages may claim the same
+# place, and a message already right is not edited again. position NULL: no place shown.
+_QUEUE_NOTES = """
+CREATE TABLE queue_notes (
+    job_id      TEXT PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+    position    INTEGER CHECK (position IS NULL OR position >= 1),
+    ready_at    INTEGER,
+    engine_down INTEGER NOT NULL DEFAULT 0 CHECK (engine_down IN (0, 1))
+);
+"""
+
 #: MIGRATIONS[i] upgrades a database at user_version i to i + 1. Append; never edit.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _QUEUE_NOTES)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _JOB_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Job))
@@ -503,6 +515,29 @@ class Store:
         if not rows:
             return None
         return statistics.median(float(seconds) / int(iters) for seconds, iters in rows)
+
+    # ------------------------------------------------------------------ queue notes
+
+    async def save_queue_note(self, job_id: str, note: QueueNote) -> None:
+        """Remember what the job's message now says about its place (`bot.queue_notes`)."""
+        await self._db.execute(
+            "INSERT OR REPLACE INTO queue_notes (job_id, position, ready_at, engine_down) "
+            "VALUES (?, ?, ?, ?)",
+            (normalize_job_id(job_id), note.position, note.ready_at, int(note.engine_down)),
+        )
+
+    async def queue_notes(self, job_ids: list[str]) -> dict[str, QueueNote]:
+        """The saved notes of these jobs (those that have one)."""
+        if not job_ids:
+            return {}
+        marks = ", ".join("?" for _ in job_ids)
+        async with self._db.execute(
+            f"SELECT job_id, position, ready_at, engine_down FROM queue_notes "
+            f"WHERE job_id IN ({marks})", job_ids,
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return {job_id: QueueNote(position, ready_at, bool(down))
+                for job_id, position, ready_at, down in rows}
 
     # ------------------------------------------------------------------ quota settings
 
