@@ -20,6 +20,7 @@ async def cancel_job(services: Services, job_id: str, *, by_user_id: int | None 
         try:
             job = await services.store.mark_cancelled(job_id)
         except JobStateError as error:
+            services.messages.release(job_id)  # out of the queue: its place is free
             return f"Job `{job_id}` could not be cancelled: it is {error.current.value}."
         await services.messages.cancelled(job, by_user_id)
         return f"Cancelled job `{job_id}` before it started. It was not charged."

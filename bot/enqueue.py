@@ -93,12 +93,10 @@ async def enqueue(services: Services, interaction: discord.Interaction, request:
             await services.store.mark_failed(job.id, "the job's message could not be posted")
             raise RequestRejected(CANNOT_POST_MESSAGE) from None
         job = await services.store.update_job(job.id, progress_message_id=message.id)
+        # Queueing moves the queue: `bot.queue_notes` fills in this message's place and
+        # time (and renumbers those behind it), paced, and never two at one place.
         services.scheduler.submit(job)
         where = await estimate(services, job.id)
-        # Only while it still waits: once the runner has taken it, its edits win (checked
-        # right before sending, so this edit is never sent after the runner's first one).
-        if job.id in services.scheduler:
-            await services.messages.queued(job, where.position, where.ready_in)
         interaction.client.dispatch(JOB_QUEUED_EVENT, job.id)
         return Queued(job, where.position, where.ready_in)
 

@@ -44,14 +44,24 @@ def running_remaining(running: RunningJob | None, speed: float | None) -> float 
     return max(0, running.total - running.iteration) * speed
 
 
+async def queue_estimates(services: Services) -> dict[str, Estimate]:
+    """Every queued job's estimate, in run order: the one computation behind `estimate`
+    (the queued answer, `/queue`) and the waiting jobs' messages (`bot.queue_notes`).
+
+    The speed is read first; the queue is then read without an await, so the positions
+    and times are of one moment of the queue."""
+    speed = await seconds_per_iteration(services)
+    remaining = running_remaining(services.running, speed)
+    estimates: dict[str, Estimate] = {}
+    for position, (job, ahead) in enumerate(services.scheduler.iterations_ahead(), start=1):
+        if speed is None or remaining is None:
+            estimates[job.id] = Estimate(position, None, None)
+            continue
+        starts_in = max(0.0, remaining) + ahead * speed
+        estimates[job.id] = Estimate(position, starts_in, starts_in + job.iterations * speed)
+    return estimates
+
+
 async def estimate(services: Services, job_id: str) -> Estimate:
     """Where a queued job stands; position None once it has left the queue."""
-    speed = await seconds_per_iteration(services)
-    scheduler = services.scheduler
-    position = scheduler.position(job_id)
-    remaining = running_remaining(services.running, speed)
-    if position is None or speed is None or remaining is None:
-        return Estimate(position, None, None)
-    starts_in = scheduler.eta_seconds(job_id, speed, remaining)
-    ready_in = scheduler.eta_seconds(job_id, speed, remaining, include_self=True)
-    return Estimate(position, starts_in, ready_in)
+    return (await queue_estimates(services)).get(job_id, Estimate(None, None, None))

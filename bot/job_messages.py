@@ -1,10 +1,25 @@
-"""A job's one channel message: posted when the job is queued, then edited as it waits,
-runs and ends, into the result itself.
+"""A job's one channel message: posted when the job is queued, then edited as it waits and
+runs; its final state (result, failure) is posted anew, to notify the requester.
 
 All of these are ordinary channel messages written with the bot token, never through the
 interaction token (which dies after 15 minutes), so jobs of any length end properly. The
 buttons come from view factories handed in by the app (`bot.views`), which keeps this
 module, and everything that uses it, free of the buttons' own imports.
+
+Who is told. Every job message names its requester in its text (`render.requester_content`)
+without notifying anyone: the client's allowed mentions are none. Only the result and a
+failure notify, and only the requester: Discord notifies a mention in a *new* message and
+never one added by an edit, so these are posted as a new message whose allowed mentions are
+exactly that one user (`notify_requester`), and the progress message is then deleted: the
+job keeps one message, now at the bottom of the channel where the requester looks. A
+cancel is not announced (whoever cancelled knows): that message is edited in place, and not
+posted again if it was deleted. If the new message cannot be posted, the progress message is edited into the final state instead
+(no notification, but the picture is not lost).
+
+What the waiting messages claim. `bot.queue_notes` writes waiting jobs' queue notes
+(`show_note`); every other write replaces a note. This module remembers which note each
+message shows, once the write is done, so the queue notes never give a place that another
+message still shows (`claims`). Writes to one message are made one at a time, in order.
 """
 
 from __future__ import annotations
@@ -12,13 +27,14 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import discord
 
 from bot import render
-from bot.jobs import Job
+from bot.jobs import ENGINE_DOWN_NOTE, Job, QueueNote
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +43,15 @@ ViewFactory = Callable[[str], discord.ui.View]
 FailureViewFactory = Callable[[Job], discord.ui.View | None]
 
 
+def notify_requester(job: Job) -> discord.AllowedMentions:
+    """The allowed mentions of a message that must notify the job's requester and nobody
+    else, whatever else its text holds."""
+    return discord.AllowedMentions(everyone=False, roles=False, replied_user=False,
+                                   users=[discord.Object(id=job.user_id)])
+
+
 class JobMessages:
-    """Writes job messages; every edit failure is logged, never raised (a lost preview must
+    """Writes job messages; every write failure is logged, never raised (a lost preview must
     not cost the picture)."""
 
     def __init__(self, client: discord.Client, *, progress_view: ViewFactory,
@@ -40,18 +63,56 @@ class JobMessages:
         #: Job messages Discord says are deleted: never edited again (each try would be
         #: one more 404, which Discord counts against the bot's invalid requests).
         self._deleted: set[int] = set()
+        #: The queue note each job's message shows now (only messages showing one).
+        self._notes: dict[str, QueueNote] = {}
+        #: Jobs whose message is gone (deleted): no queue note is written to it any more.
+        self._gone: set[str] = set()
+        #: One lock per job being written, so the writes to a message land in order.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        #: Called when a message stops claiming a place (`bot.queue_notes` waits for it).
+        self.on_release: Callable[[], None] | None = None
+
+    # ------------------------------------------------------------------ queue notes
+
+    def note_of(self, job_id: str) -> QueueNote | None:
+        return self._notes.get(job_id)
+
+    def claims(self) -> dict[int, str]:
+        """Place -> the job whose message shows it now."""
+        return {note.position: job_id for job_id, note in self._notes.items()
+                if note.position is not None}
+
+    def remember(self, job_id: str, note: QueueNote) -> None:
+        """What a message showed before a restart (the store keeps it)."""
+        self._notes[job_id] = note
+
+    def release(self, job_id: str) -> None:
+        """The job's message claims nothing any more: it was written otherwise, or it will
+        not be written by anyone (the job left the queue on a path that writes nothing)."""
+        note = self._notes.pop(job_id, None)
+        if note is not None and note.position is not None and self.on_release is not None:
+            self.on_release()
+
+    def is_gone(self, job_id: str) -> bool:
+        return job_id in self._gone
+
+    async def show_note(self, job: Job, note: QueueNote) -> bool:
+        """A waiting job's place and time, or that the engine is down (`bot.queue_notes`)."""
+        embed = (render.waiting_for_engine_embed(job) if note.engine_down
+                 else render.queued_embed(job, note.position, note.ready_at))
+        return await self.edit(job, note=note, embed=embed)
+
+    # ------------------------------------------------------------------ the job's states
 
     async def post(self, channel: discord.abc.Messageable, job: Job) -> discord.Message:
         """Post a new job's message (raises `discord.HTTPException`: the caller refuses the
         job then, since nobody could follow or cancel it)."""
-        return await channel.send(embed=render.queued_embed(job, None, None),
+        return await channel.send(content=render.requester_content(job),
+                                  embed=render.queued_embed(job, None, None),
                                   view=self.progress_view(job.id))
 
-    async def queued(self, job: Job, position: int | None, ready_in: float | None) -> bool:
-        return await self.edit(job, embed=render.queued_embed(job, position, ready_in))
-
     async def engine_down(self, job: Job) -> bool:
-        return await self.edit(job, embed=render.waiting_for_engine_embed(job))
+        return await self.show_note(job, ENGINE_DOWN_NOTE)
 
     async def started(self, job: Job) -> bool:
         return await self.edit(job, embed=render.started_embed(job), view=self.progress_view(job.id))
@@ -68,7 +129,8 @@ class JobMessages:
 
     async def result(self, job: Job, *, png: bytes, name: str, seed: int, seconds: float,
                      width: int, height: int) -> int | None:
-        """Turn the job's message into its result; returns the id of the message that shows it."""
+        """Post the job's result, notifying its requester; returns the id of the message
+        that shows it (see the module docstring)."""
         def fields() -> dict[str, Any]:
             # A File can be sent once; a fresh one per attempt.
             return {
@@ -77,23 +139,25 @@ class JobMessages:
                 "view": self.result_view(job.id),
                 "file": discord.File(io.BytesIO(png), filename=name),
             }
-        return await self._final(job, fields)
+        return await self._announce(job, render.ready_content(job), fields)
 
     async def failed(self, job: Job, message: str) -> int | None:
         """The failure, with Retry buttons when it was not the user's doing (`job.failure`)."""
-        return await self._final(job, lambda: {"embed": render.failed_embed(job, message),
-                                               "view": self.failure_view(job)})
+        return await self._announce(job, render.failed_content(job),
+                                    lambda: {"embed": render.failed_embed(job, message),
+                                             "view": self.failure_view(job)})
 
     async def cancelled(self, job: Job, by_user_id: int | None) -> int | None:
-        """The job's message says it was cancelled; a deleted message is not posted again
-        (whoever cancelled was answered, and a cancelled job has nothing to show)."""
+        """The job's message says it was cancelled, in place; a deleted message is not posted
+        again (whoever cancelled was answered, and a cancelled job has nothing to show)."""
         if await self.edit(job, embed=render.cancelled_embed(job, by_user_id), view=None,
                            attachments=[]):
             return job.progress_message_id
         return None
 
     async def apology(self, job: Job) -> int | None:
-        return await self._final(job, lambda: {"embed": render.apology_embed(job)})
+        return await self._announce(job, render.failed_content(job),
+                                    lambda: {"embed": render.apology_embed(job)})
 
     async def interrupted(self, job: Job) -> bool:
         return await self.edit(job, embed=render.interrupted_embed(job), attachments=[], view=None)
@@ -103,8 +167,28 @@ class JobMessages:
     def _channel(self, job: Job) -> discord.PartialMessageable:
         return self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
 
-    async def edit(self, job: Job, **fields: Any) -> bool:
-        """Edit the job's message; False (logged) if it has none or the edit failed."""
+    def _lock(self, job_id: str) -> asyncio.Lock:
+        lock = self._locks.get(job_id)
+        if lock is None:
+            lock = self._locks[job_id] = asyncio.Lock()
+        return lock
+
+    def _shows(self, job_id: str, note: QueueNote | None) -> None:
+        """Record what the job's message shows once a write is done (None: no note)."""
+        if note is None:
+            self.release(job_id)
+        else:
+            self._notes[job_id] = note
+
+    async def edit(self, job: Job, *, note: QueueNote | None = None, **fields: Any) -> bool:
+        """Edit the job's message (showing `note`, if it is a queue note); False (logged) if
+        it has none or the edit failed."""
+        async with self._lock(job.id):
+            done = await self._edit_now(job, fields)
+            self._shows(job.id, note if done else None)
+            return done
+
+    async def _edit_now(self, job: Job, fields: dict[str, Any]) -> bool:
         if job.progress_message_id is None or job.progress_message_id in self._deleted:
             return False
         try:
@@ -116,28 +200,39 @@ class JobMessages:
             log.info("job %s: its message %s was deleted; not editing it again",
                      job.id, job.progress_message_id)
             self._deleted.add(job.progress_message_id)
-            return False
+            self._gone.add(job.id)
         except Exception as error:
             log.warning("job %s: could not edit its message %s: %s",
                         job.id, job.progress_message_id, error)
-            return False
+        return False
 
-    async def _final(self, job: Job, make_fields: Callable[[], dict[str, Any]]) -> int | None:
-        """Turn the job's message into its final state (result, failure, cancel); if that
-        message is gone or can't be edited, post a new one. Returns the message id."""
-        fields = make_fields()
-        file = fields.pop("file", None)
-        if job.progress_message_id is not None:
-            edit_fields = {"view": None, **fields, "attachments": [file] if file is not None else []}
-            if await self.edit(job, **edit_fields):
-                return job.progress_message_id
-        fields = make_fields()
-        try:
-            message = await self._channel(job).send(content=f"<@{job.user_id}>", **fields)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            log.error("job %s: could not post its final message in channel %s: %s",
-                      job.id, job.channel_id, error)
-            return None
-        return message.id
+    async def _announce(self, job: Job, content: str,
+                        make_fields: Callable[[], dict[str, Any]]) -> int | None:
+        """Post the job's final state as a new message that notifies its requester, then
+        delete the progress message; if the post fails, edit the progress message into it
+        (without a notification). Returns the id of the message that shows it."""
+        async with self._lock(job.id):
+            try:
+                message = await self._channel(job).send(
+                    content=content, allowed_mentions=notify_requester(job), **make_fields())
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("job %s: could not post its final message in channel %s (%s); "
+                            "editing its progress message instead", job.id, job.channel_id, error)
+                fields = make_fields()
+                file = fields.pop("file", None)
+                done = await self._edit_now(job, {"view": None, **fields,
+                                                  "attachments": [file] if file is not None else []})
+                self._shows(job.id, None)
+                return job.progress_message_id if done else None
+            self._shows(job.id, None)
+            if job.progress_message_id is not None and job.progress_message_id != message.id:
+                try:
+                    await self._channel(job).get_partial_message(job.progress_message_id).delete()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:
+                    log.warning("job %s: could not delete its progress message %s: %s",
+                                job.id, job.progress_message_id, error)
+            return message.id

@@ -126,3 +126,18 @@ class ImageSource:
     job_id: str | None = None
     author_id: int | None = None
     filename: str | None = None
+
+
+@dataclass(frozen=True)
+class QueueNote:
+    """What a waiting job's message says about its place (`bot.queue_notes`): its position
+    (1 = next; None: none shown), when it should be ready (epoch seconds, shown as a Discord
+    relative time; None: no estimate yet), or that the engine is down (then neither)."""
+
+    position: int | None
+    ready_at: int | None = None
+    engine_down: bool = False
+
+
+#: The note of a waiting job while the engine is down: no place, no time.
+ENGINE_DOWN_NOTE = QueueNote(None, None, engine_down=True)

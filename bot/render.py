@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import math
-import time
 from collections.abc import Mapping
 
 import discord
@@ -140,15 +139,14 @@ def _base_embed(job: Job, colour: discord.Colour) -> discord.Embed:
     return embed
 
 
-def queued_embed(job: Job, position: int | None, eta_seconds: float | None,
-                 now: float | None = None) -> discord.Embed:
-    """A waiting job. The ETA is a Discord timestamp (`<t:EPOCH:R>`), which every client
-    shows as a live "in 4 minutes", so the message stays right without being edited."""
+def queued_embed(job: Job, position: int | None, ready_at: float | None) -> discord.Embed:
+    """A waiting job: its place, and when it should be ready (epoch seconds), as a Discord
+    timestamp (`<t:EPOCH:R>`) that every client shows as a live "in 4 minutes", so the
+    message stays right without being edited until the estimate itself moves."""
     embed = _base_embed(job, COLOUR_QUEUED)
-    lines = [f"{describe_kind(job)} for <@{job.user_id}>", "Waiting in the queue"
+    lines = [describe_kind(job), "Waiting in the queue"
              + (f" (#{position})" if position is not None else "") + "."]
-    if eta_seconds is not None:
-        ready_at = (time.time() if now is None else now) + eta_seconds
+    if ready_at is not None:
         lines.append(f"Expected to be ready {discord_relative_time(ready_at)}.")
     embed.description = "\n".join(lines)
     return embed
@@ -159,7 +157,7 @@ def waiting_for_engine_embed(job: Job) -> discord.Embed:
     is for the operator (log, `/status`): it may name the server's files."""
     embed = _base_embed(job, COLOUR_QUEUED)
     embed.description = (
-        f"{describe_kind(job)} for <@{job.user_id}>\n"
+        f"{describe_kind(job)}\n"
         f"{ENGINE_DOWN_TEXT} It starts when the engine is back."
     )
     return embed
@@ -167,7 +165,7 @@ def waiting_for_engine_embed(job: Job) -> discord.Embed:
 
 def started_embed(job: Job) -> discord.Embed:
     embed = _base_embed(job, COLOUR_RUNNING)
-    embed.description = f"{describe_kind(job)} for <@{job.user_id}>\nStarting…\n`{progress_bar(0, job.iterations)}`"
+    embed.description = f"{describe_kind(job)}\nStarting…\n`{progress_bar(0, job.iterations)}`"
     return embed
 
 
@@ -176,7 +174,7 @@ def progress_embed(
 ) -> discord.Embed:
     embed = _base_embed(job, COLOUR_RUNNING)
     lines = [
-        f"{describe_kind(job)} for <@{job.user_id}>",
+        describe_kind(job),
         f"`{progress_bar(iteration, total)}` iteration {iteration}/{total}",
     ]
     if eta_seconds is not None:
@@ -190,7 +188,7 @@ def progress_embed(
 def result_embed(job: Job, *, seed: int, seconds: float, width: int, height: int,
                  image_name: str) -> discord.Embed:
     embed = discord.Embed(title=user_text(job.prompt, TITLE_LIMIT), colour=COLOUR_DONE)
-    embed.description = f"{describe_done(job)} for <@{job.user_id}>"
+    embed.description = describe_done(job)
     if user_text(job.prompt) != embed.title:  # the title was shortened: the whole prompt
         embed.add_field(name="Prompt", value=user_text(job.prompt, FIELD_LIMIT), inline=False)
     embed.add_field(name="Seed", value=f"`{seed}`")
@@ -212,7 +210,7 @@ def not_charged(message: str) -> str:
 def failed_embed(job: Job, message: str) -> discord.Embed:
     embed = _base_embed(job, COLOUR_FAILED)
     # The engine's message may quote the prompt: shown as text, like every user text.
-    embed.description = (f"{describe_kind(job)} for <@{job.user_id}>\n"
+    embed.description = (f"{describe_kind(job)}\n"
                          f"**Failed:** {user_text(not_charged(message), 1000)}")
     return embed
 
@@ -221,7 +219,7 @@ def cancelled_embed(job: Job, by_user_id: int | None = None) -> discord.Embed:
     embed = _base_embed(job, COLOUR_CANCELLED)
     who = f" by <@{by_user_id}>" if by_user_id is not None else ""
     embed.description = (
-        f"{describe_kind(job)} for <@{job.user_id}>\n**Cancelled**{who}. It was not charged."
+        f"{describe_kind(job)}\n**Cancelled**{who}. It was not charged."
     )
     return embed
 
@@ -230,7 +228,7 @@ def apology_embed(job: Job) -> discord.Embed:
     """An unexpected error (a bug): say sorry, name the job id for the operator's logs."""
     embed = _base_embed(job, COLOUR_FAILED)
     embed.description = (
-        f"{describe_kind(job)} for <@{job.user_id}>\n"
+        f"{describe_kind(job)}\n"
         f"Sorry, something went wrong on our side with job `{job.id}`. You were not charged; "
         "please try again, and if it keeps happening tell the server admin this job id."
     )
@@ -240,7 +238,7 @@ def apology_embed(job: Job) -> discord.Embed:
 def interrupted_embed(job: Job) -> discord.Embed:
     embed = _base_embed(job, COLOUR_QUEUED)
     embed.description = (
-        f"{describe_kind(job)} for <@{job.user_id}>\n"
+        f"{describe_kind(job)}\n"
         "Interrupted: the bot is restarting. This image starts again when it is back."
     )
     return embed
@@ -347,6 +345,24 @@ def timelapse_busy_text(job: Job) -> str:
 def no_timelapse_text(job: Job) -> str:
     return (f"Job `{job.id}` has no timelapse: its steps were not kept (it was made before "
             "the bot kept them, or they were removed).")
+
+
+# ---- issue 11 items 1-3: who a job message names and notifies
+
+def requester_content(job: Job) -> str:
+    """The text of a job's message while it waits and runs: whose image it is. Sent with no
+    allowed mentions, so it names the requester without notifying them."""
+    return f"For <@{job.user_id}>"
+
+
+def ready_content(job: Job) -> str:
+    """The text of the result's message, which notifies the requester (and nobody else)."""
+    return f"<@{job.user_id}>, your image is ready."
+
+
+def failed_content(job: Job) -> str:
+    """The text of a failure's message, which notifies the requester (and nobody else)."""
+    return f"<@{job.user_id}>, your image could not be made."
 
 
 # ------------------------------------------------------------------ /status (admins)

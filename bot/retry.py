@@ -111,7 +111,7 @@ async def fail_unresumed(services: Services) -> list[Job]:
                                           failure=protocol.FAIL_SHUTDOWN)
         except JobStateError:  # pragma: no cover - nothing else runs at start-up
             continue
-        await services.messages.failed(job, render.NOT_RESUMED_TEXT)
+        await store.message_moved(job, await services.messages.failed(job, render.NOT_RESUMED_TEXT))
         ended.append(job)
     if ended:
         log.info("%d job(s) asked more than %.0f h ago were not resumed (offered Retry)",

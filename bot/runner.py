@@ -7,18 +7,22 @@ next job by the fair rule (`Scheduler.pop_nowait`), marks it running, submits it
 engine and turns the engine's events into edits of the job's progress message:
 
 - `Progress` -> every preview JPEG kept as a frame of the job's timelapse
-  (`bot.timelapse`), and the newest one attached (shown as the embed image) with a
-  progress bar and an ETA, at most once per PROGRESS_INTERVAL seconds. A Discord error while
-  editing progress is logged and ignored: the picture matters more than the preview.
+  (`bot.timelapse`), and the newest one attached (shown as the embed image) with a progress
+  bar and an ETA: the first preview at once, then at most once per PROGRESS_INTERVAL
+  seconds (`ProgressThrottle`). A Discord error while editing progress is logged and
+  ignored: the picture matters more than the preview.
 - `Done` -> the PNG saved as RESULTS_DIR/<job id>.png, the job marked done, and the
-  progress message edited into the result (PNG, prompt, seed, time, its buttons).
-  If that message is gone, the result is posted as a new message.
+  result (PNG, prompt, seed, time, its buttons) posted as a new message that notifies the
+  requester, which replaces the progress message (`result_message_id` and
+  `progress_message_id` both name it from then on).
 - `Failed` -> marked failed (not charged) with its kind (`Job.failure`), the plain reason
-  shown, and Retry buttons if it was not the user's doing (`bot.retry`).
-- `Cancelled` -> marked cancelled (not charged).
+  posted the same way, with Retry buttons if it was not the user's doing (`bot.retry`).
+- `Cancelled` -> marked cancelled (not charged), shown in the same message.
 
 The job's message is written by `services.messages` (`bot.job_messages`); cancelling is
-`bot.cancel`, which meets the runner in `services.running`.
+`bot.cancel`, which meets the runner in `services.running`. The messages of the jobs still
+waiting are kept true by `bot.queue_notes` (`self.notes`): the runner writes only the job
+it has taken.
 
 Restarts: `restore()` (called from setup_hook, before any command can arrive) puts the
 jobs a stopped bot left running back at the front of the queue, followed by the queued
@@ -35,11 +39,11 @@ at once), or when the first job waits (tests). Once started, the engine client s
 While the engine is down (a start or restart failed: a model file removed, say) nothing
 fails: the jobs wait, the queued ones in the queue and the current one in the engine
 client. A second task follows the engine's state (`Engine.wait_status_change`) and, only
-when it changes between down and ready, turns every waiting job's message into "the image
+when it changes between down and ready, turns the current job's message into "the image
 engine is down; your image keeps its place" (never the reason: it can name the server's
-files; that goes to the log and `/status`), and back into its queue position, or
-"starting" for the current job. `_notes_lock` keeps those edits and the runner's own edits
-of the current job in order.
+files; that goes to the log and `/status`) or back into "starting", and tells the queue
+notes, which do the same for every queued job. `_notes_lock` keeps those edits and the
+runner's own edits of the current job in order.
 """
 
 from __future__ import annotations
@@ -49,12 +53,13 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 from discord.ext import commands
 
 from bot.engine_client import EngineState, EngineStatus
-from bot.eta import estimate
 from bot.jobs import FAIL_INPUT_MISSING, JOB_QUEUED_EVENT, Job, JobStatus
+from bot.queue_notes import QueueNotes
 from bot.requests import job_size
 from bot.retry import fail_unresumed
 from bot.services import RunningJob, Services
@@ -69,6 +74,25 @@ log = logging.getLogger(__name__)
 ENGINE_RETRY_DELAYS: tuple[float, ...] = (5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 #: Progress events per job asked of the engine; the edit throttle thins them further.
 PROGRESS_EVENTS_PER_JOB = 25
+
+
+@dataclass
+class ProgressThrottle:
+    """When a job's progress is shown: the first preview at once, so that even a short job
+    shows its image forming, then at most once per `interval` seconds."""
+
+    interval: float
+    last: float = field(default_factory=lambda: time.monotonic())  # read now: tests move it
+    preview_shown: bool = False
+
+    def due(self, *, has_preview: bool) -> bool:
+        """Whether this progress event is shown; counts it if so."""
+        now = time.monotonic()
+        if (has_preview and not self.preview_shown) or now - self.last >= self.interval:
+            self.last = now
+            self.preview_shown = self.preview_shown or has_preview
+            return True
+        return False
 
 
 class JobInputMissing(Exception):
@@ -90,6 +114,8 @@ class JobRunner:
         #: it: waiting like the queued ones, its message follows the engine's state too.
         self._awaiting_engine: Job | None = None
         self._notes_lock = asyncio.Lock()
+        #: Keeps the queued jobs' messages true (places, times, engine down).
+        self.notes = QueueNotes(bot, services)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -102,6 +128,7 @@ class JobRunner:
         queued = [job for job in await store.jobs_with_status(JobStatus.QUEUED) if job.id not in seen]
         jobs = requeued + queued
         self.services.scheduler.restore(jobs)
+        await self.notes.restore(queued)
         if jobs:
             log.info("restored %d job(s) from the database (%d interrupted by the restart)",
                      len(jobs), len(requeued))
@@ -112,12 +139,12 @@ class JobRunner:
         the first job arrives."""
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(warm_engine), name="vqgan-clip job runner")
-            self.bot.add_listener(self._on_job_queued, f"on_{JOB_QUEUED_EVENT}")
+        self.notes.start()
 
     async def stop(self) -> None:
         """Stop taking jobs. A job in progress stays `running` in the store, so the next
         start resumes it; the engine itself is stopped by `Services.close`."""
-        self.bot.remove_listener(self._on_job_queued, f"on_{JOB_QUEUED_EVENT}")
+        await self.notes.stop()
         for task in (self._task, self._watcher):
             if task is not None and not task.done():
                 task.cancel()
@@ -158,6 +185,8 @@ class JobRunner:
             await self._process(job)
         finally:
             self.services.running = None
+            # Whatever became of it, its message no longer holds a place in the queue.
+            self.services.messages.release(job.id)
             scheduler.finish(job.id)
 
     async def _ensure_engine(self) -> None:
@@ -231,32 +260,13 @@ class JobRunner:
             log.info("the image engine is back; %d waiting job(s) shown their place again", waiting)
 
     async def _retell_waiting(self, down: bool) -> None:
-        """Every waiting job's message: the engine-down note, or back to its place (the
-        current job: starting). Called under the notes lock."""
-        messages = self.services.messages
+        """The current job's message (engine down, or starting), and the queued jobs'
+        through the queue notes. Called under the notes lock."""
         current = self._awaiting_engine
         if current is not None:
+            messages = self.services.messages
             await (messages.engine_down(current) if down else messages.started(current))
-        for job in self.services.scheduler.queued_jobs():
-            if down:
-                await messages.engine_down(job)
-            else:
-                await self._show_queued(job)
-
-    async def _show_queued(self, job: Job) -> None:
-        where = await estimate(self.services, job.id)
-        # Only while it still waits: once the runner has taken it, its edits win.
-        if job.id in self.services.scheduler:
-            await self.services.messages.queued(job, where.position, where.ready_in)
-
-    async def _on_job_queued(self, job_id: str) -> None:
-        """A job queued while the engine is down says so too, like those before it."""
-        async with self._notes_lock:
-            if not self._engine_down_shown:
-                return
-            job = next((j for j in self.services.scheduler.queued_jobs() if j.id == job_id), None)
-            if job is not None:
-                await self.services.messages.engine_down(job)
+        self.notes.set_engine_down(down)
 
     # ------------------------------------------------------------------ one job
 
@@ -287,12 +297,12 @@ class JobRunner:
             if stream is None:
                 await self._cancelled(job, running)
                 return
-            last_edit = time.monotonic()
+            throttle = ProgressThrottle(self.services.settings.progress_interval)
             async for event in stream:
                 if self._awaiting_engine is not None:
                     await self._engine_answered()
                 if isinstance(event, protocol.Progress):
-                    last_edit = await self._progress(job, running, event, last_edit)
+                    await self._progress(job, running, event, throttle)
                 elif isinstance(event, protocol.Done):
                     await self._done(job, event)
                     done = True
@@ -321,7 +331,7 @@ class JobRunner:
                                                             failure=protocol.FAIL_INTERNAL)
             except Exception:
                 log.exception("job %s: could not mark it failed", job.id)
-            await messages.apology(job)
+            await self._moved(job, await messages.apology(job))
         finally:
             self._awaiting_engine = None
             if not done:  # failed, cancelled or interrupted: no result, no timelapse
@@ -385,20 +395,18 @@ class JobRunner:
             ) from None
 
     async def _progress(self, job: Job, running: RunningJob, event: protocol.Progress,
-                        last_edit: float) -> float:
+                        throttle: ProgressThrottle) -> None:
         keep_frame(self.services.results_dir, job.id, event.iteration, event.preview)
         running.iteration = event.iteration
         running.total = event.total
         if event.iteration > 0 and event.elapsed > 0:
             running.seconds_per_iteration = event.elapsed / event.iteration
-        now = time.monotonic()
-        if now - last_edit < self.services.settings.progress_interval:
-            return last_edit
+        if not throttle.due(has_preview=bool(event.preview)):
+            return
         eta = None
         if running.seconds_per_iteration is not None:
             eta = max(0, event.total - event.iteration) * running.seconds_per_iteration
         await self.services.messages.progress(job, event.iteration, event.total, eta, event.preview)
-        return now
 
     async def _done(self, job: Job, event: protocol.Done) -> None:
         name = f"{job.id}.png"
@@ -416,7 +424,9 @@ class JobRunner:
             width=event.width or width, height=event.height or height,
         )
         if message_id is not None:
-            await self.services.store.update_job(job.id, result_message_id=message_id)
+            # The result is the job's message from now on (posted anew: see bot.job_messages).
+            await self.services.store.update_job(job.id, result_message_id=message_id,
+                                                 progress_message_id=message_id)
         log.info("job %s done in %.1f s (seed %s)", job.id, event.seconds, event.seed)
 
     async def _failed(self, job: Job, message: str, failure: str) -> None:
@@ -425,7 +435,10 @@ class JobRunner:
         except JobStateError as error:
             log.warning("job %s: %s", job.id, error)
         log.info("job %s failed: %s", job.id, message)
-        await self.services.messages.failed(job, message)
+        await self._moved(job, await self.services.messages.failed(job, message))
+
+    async def _moved(self, job: Job, message_id: int | None) -> None:
+        await self.services.store.message_moved(job, message_id)
 
     async def _cancelled(self, job: Job, running: RunningJob) -> None:
         try:

@@ -6,7 +6,7 @@ among those with queued jobs (users never served yet come first, in the order th
 oldest queued job arrived); within a user, jobs run in the order they were submitted.
 Example: A queues A1 A2 A3, then B queues B1 -> A1, B1, A2, A3.
 
-`position()` and `eta_seconds()` replay exactly the rule `next()` uses, so the "#2" a
+`position()` and `iterations_ahead()` replay exactly the rule `next()` uses, so the "#2" a
 member is told is the order things will run in (until someone new joins the queue).
 
 A job handed out by `next()`/`pop_nowait()` has left the queue but still *runs* for its
@@ -24,7 +24,7 @@ import asyncio
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from bot.errors import UserError
@@ -71,6 +71,10 @@ class Scheduler:
         self._serve_counter = itertools.count()
         self._submit_counter = itertools.count()
         self._available = asyncio.Event()
+        #: Called (synchronously) whenever the queue moves: a job queued, taken, removed
+        #: or finished. `bot.queue_notes` sets it to keep the waiting jobs' messages true;
+        #: a callback rather than an import, so the queue knows nothing of messages.
+        self.on_change: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ adding
 
@@ -123,6 +127,11 @@ class Scheduler:
         self._entries[job.id] = entry
         self._queues.setdefault(job.user_id, deque()).append(entry)
         self._available.set()
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     # ------------------------------------------------------------------ taking
 
@@ -145,6 +154,7 @@ class Scheduler:
         del self._entries[entry.job.id]
         self._running[entry.job.id] = entry.job
         self._last_served[user_id] = next(self._serve_counter)
+        self._changed()
         return entry.job
 
     async def next(self) -> Job:
@@ -165,6 +175,7 @@ class Scheduler:
         queue.remove(entry)
         if not queue:
             del self._queues[entry.job.user_id]
+        self._changed()
         return entry.job
 
     def finish(self, job_id: str) -> Job | None:
@@ -173,7 +184,10 @@ class Scheduler:
         Returns the job, or None if it was not running (never handed out, or already
         finished): calling it for every job taken, on every path, is always safe.
         """
-        return self._running.pop(job_id, None)
+        job = self._running.pop(job_id, None)
+        if job is not None:
+            self._changed()
+        return job
 
     # ------------------------------------------------------------------ looking
 
@@ -214,30 +228,13 @@ class Scheduler:
                 return place
         raise AssertionError("unreachable: every entry is in the run order")
 
-    def eta_seconds(
-        self,
-        job_id: str,
-        seconds_per_iteration: float | None,
-        running_job_remaining: float = 0.0,
-        *,
-        include_self: bool = False,
-    ) -> float | None:
-        """Estimated seconds until the job *starts* (or finishes, with `include_self`).
-
-        = what is left of the running job + the iterations of every job ahead of it
-        (in run order) times `seconds_per_iteration`. None if the job isn't queued or
-        there is no estimate yet (`Store.seconds_per_iteration_estimate()` gave None).
-        """
-        if seconds_per_iteration is None or job_id not in self._entries:
-            return None
-        iterations_ahead = 0
+    def iterations_ahead(self) -> Iterator[tuple[Job, int]]:
+        """Each queued job in run order, with the iterations of the jobs before it: what
+        every estimate of when a job starts is made of (`bot.eta`)."""
+        ahead = 0
         for job in self._run_order():
-            if job.id == job_id:
-                if include_self:
-                    iterations_ahead += job.iterations
-                break
-            iterations_ahead += job.iterations
-        return max(0.0, running_job_remaining) + iterations_ahead * seconds_per_iteration
+            yield job, ahead
+            ahead += job.iterations
 
     def queued_count(self, user_id: int | None = None) -> int:
         """Jobs waiting, in total or for one user."""

@@ -26,8 +26,8 @@ from typing import Any
 
 import aiosqlite
 
-from bot.jobs import (CHARGED_STATUSES, FINISHED_STATUSES, Job, JobStatus, new_job_id,
-                      normalize_job_id)
+from bot.jobs import (CHARGED_STATUSES, FINISHED_STATUSES, Job, JobStatus, QueueNote,
+                      new_job_id, normalize_job_id)
 
 Clock = Callable[[], float]
 
@@ -193,9 +193,22 @@ _TIMELAPSE_MESSAGE = """
 ALTER TABLE jobs ADD COLUMN timelapse_message_id INTEGER;
 """
 
+# What each waiting job's message last said about its place in the queue
+# (`bot/queue_notes.py`). A restarted bot reads it back: no two messages may claim the same
+# place, and a message already right is not edited again. position NULL: no place shown.
+_QUEUE_NOTES = """
+CREATE TABLE queue_notes (
+    job_id      TEXT PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+    position    INTEGER CHECK (position IS NULL OR position >= 1),
+    ready_at    INTEGER,
+    engine_down INTEGER NOT NULL DEFAULT 0 CHECK (engine_down IN (0, 1))
+);
+"""
+
 #: MIGRATIONS[i] upgrades a database at user_version i to i + 1. Append; never edit.
 MIGRATIONS: tuple[str, ...] = (
     _SCHEMA_V1, _SCHEMA_BLOCKLIST_AND_MEMBER_SETTINGS, _FAILURE_AND_MESSAGE_INDEX, _TIMELAPSE_MESSAGE,
+    _QUEUE_NOTES,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -383,6 +396,12 @@ class Store:
             if cursor.rowcount == 0:
                 raise JobNotFound(job_id)
         return await self._require_job(job_id)
+
+    async def message_moved(self, job: Job, message_id: int | None) -> None:
+        """The job's final state was posted as a new message (`JobMessages` posts results
+        and failures anew, to notify): that message is the job's message from now on."""
+        if message_id is not None and message_id != job.progress_message_id:
+            await self.update_job(job.id, progress_message_id=message_id)
 
     async def _transition(self, job_id: str, to: JobStatus, **changes: Any) -> Job:
         """Atomically move a job to `to` if its current status allows it."""
@@ -605,6 +624,29 @@ class Store:
         if not rows:
             return None
         return statistics.median(float(seconds) / int(iters) for seconds, iters in rows)
+
+    # ------------------------------------------------------------------ queue notes
+
+    async def save_queue_note(self, job_id: str, note: QueueNote) -> None:
+        """Remember what the job's message now says about its place (`bot.queue_notes`)."""
+        await self._db.execute(
+            "INSERT OR REPLACE INTO queue_notes (job_id, position, ready_at, engine_down) "
+            "VALUES (?, ?, ?, ?)",
+            (normalize_job_id(job_id), note.position, note.ready_at, int(note.engine_down)),
+        )
+
+    async def queue_notes(self, job_ids: list[str]) -> dict[str, QueueNote]:
+        """The saved notes of these jobs (those that have one)."""
+        if not job_ids:
+            return {}
+        marks = ", ".join("?" for _ in job_ids)
+        async with self._db.execute(
+            f"SELECT job_id, position, ready_at, engine_down FROM queue_notes "
+            f"WHERE job_id IN ({marks})", job_ids,
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return {job_id: QueueNote(position, ready_at, bool(down))
+                for job_id, position, ready_at, down in rows}
 
     # ------------------------------------------------------------------ quota settings
 

@@ -71,7 +71,7 @@ async def take(page: Any, out: Path) -> None:
     save(await page.screenshot(), out / "sandbox-progress.png")
 
     # The result with its buttons, alone: the picture next to the README's command table.
-    result = page.locator("[data-message-id]", has_text="Imagined for").last
+    result = page.locator("[data-message-id]", has_text="your image is ready").last
     await expect(result.get_by_role("button", name="Reroll")).to_be_visible(timeout=JOB_TIMEOUT * 1000)
     await page.wait_for_timeout(500)
     await result.evaluate("element => element.scrollIntoView({block: 'end'})")

@@ -34,6 +34,7 @@ from PIL import Image, PngImagePlugin
 from bot.app import ImagineBot
 from bot.config import Settings
 from bot.engine_client import CRASH_MESSAGE, EngineState, EngineStatus
+from bot.pacing import QUEUE_EDIT_WINDOW
 from engine import protocol
 from tests.bot.conftest import make_settings, raise_unexpected_errors
 
@@ -338,6 +339,16 @@ class World:
         await self.env.restart_bot(ImagineBot(self.settings, engine=self.engine))
         return self.engine
 
+    async def catch_up(self, *, most: int = 100) -> None:
+        """Let the paced edits of waiting jobs' messages (`bot.pacing`) all go out: move the
+        simulated clock one pace window at a time until a window passes without an edit."""
+        for _ in range(most):
+            sent = len(self.env.http_requests)
+            await self.env.advance_time(QUEUE_EDIT_WINDOW)
+            if len(self.env.http_requests) == sent:
+                return
+        raise AssertionError(f"the bot was still editing after {most} pace windows")
+
     def bot_messages(self) -> list[discord.Message]:
         """The bot's channel messages, oldest first."""
         me = self.bot.user.id
@@ -347,6 +358,15 @@ class World:
         """The JSON bodies of every edit the bot made to one message, in order."""
         path = f"/channels/{self.channel.id}/messages/{message_id}"
         return [r.json for r in self.env.http_requests if r.method == "PATCH" and r.path == path]
+
+    def job_edits(self, job_id: str) -> list[Any]:
+        """The JSON bodies of every edit of a message of this job (its waiting and progress
+        message, which its final message replaces), in order: their embeds name the job."""
+        prefix = f"/channels/{self.channel.id}/messages/"
+        return [r.json for r in self.env.http_requests
+                if r.method == "PATCH" and r.path.startswith(prefix) and isinstance(r.json, dict)
+                and any(f"job {job_id}" in ((e.get("footer") or {}).get("text") or "")
+                        for e in r.json.get("embeds") or [])]
 
 
 @contextlib.asynccontextmanager

@@ -2,8 +2,9 @@
 random models (tests/conftest.py `tiny_models`) -> back to the channel.
 
 Slow-ish (the worker imports torch and loads the models once per test), so only the
-journeys that matter: `/imagine`, `/edit` with an attachment, and a worker killed mid-job
-(crash -> Retry -> the retry succeeds).
+journeys that matter: `/imagine` and `/edit` with an attachment, a worker killed mid-job
+(crash -> Retry -> the retry succeeds), a short job's first preview, and a queue whose
+waiting messages follow it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from bot.engine_client import EngineClient, worker_command
 from bot.jobs import Job, JobStatus
 from engine import protocol
 from bot.sandbox import ExternallyWaited
+from bot.pacing import QUEUE_EDIT_WINDOW
 from tests.bot.fake_engine import World, png_bytes, running_world, text_of
+from tests.bot.test_queue_notes import assert_no_place_shown_twice
 
 #: Seconds a tiny job may take on a busy CPU before the test gives up.
 JOB_TIMEOUT = 120
@@ -69,8 +72,8 @@ async def finished(world: World) -> Job:
         await asyncio.sleep(0.1)
 
 
-def preview_edit_count(world: World, message_id: int) -> int:
-    return sum(1 for body in world.edits_of(message_id)
+def preview_edit_count(world: World, job_id: str) -> int:
+    return sum(1 for body in world.job_edits(job_id)
                if any(a.get("filename", "").endswith(".jpg") for a in body.get("attachments") or []))
 
 
@@ -85,7 +88,7 @@ async def test_imagine_end_to_end_with_a_real_engine(real_engine: RealEngine) ->
         job = await finished(world)
         assert job.status is JobStatus.DONE, job.error
         (message,) = world.bot_messages()
-        assert preview_edit_count(world, message.id) >= 2
+        assert preview_edit_count(world, job.id) >= 2
         (attachment,) = message.attachments
         image = Image.open(io.BytesIO(await attachment.read()))
         assert (image.format, image.size) == ("PNG", (64, 64))
@@ -150,3 +153,47 @@ async def test_a_job_whose_worker_is_killed_gets_retry_and_the_retry_succeeds(
         assert done.status is JobStatus.DONE, done.error
         assert done.params["retry_of"] == job.id and done.iterations == 40
         assert real_engine.ready_info is not None and real_engine.ready_info.pid != ready.pid
+
+
+async def all_finished(world: World, count: int) -> list[Job]:
+    """Wait (in real time) for `count` jobs to end, moving the simulated clock along as the
+    sandbox does, so that paced edits of waiting messages go out meanwhile."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + JOB_TIMEOUT * count
+    while True:
+        jobs = await world.services.store.jobs_with_status()
+        if len(jobs) == count and all(job.status.is_finished for job in jobs):
+            await world.catch_up()
+            return jobs
+        assert loop.time() < deadline, [job.status for job in jobs]
+        await world.env.advance_time(QUEUE_EDIT_WINDOW)
+        await asyncio.sleep(0.1)
+
+
+async def test_a_short_job_shows_its_first_preview_at_once_with_a_real_engine(real_engine: RealEngine) -> None:
+    # An hour between progress edits: only the first preview, which goes out at once.
+    settings = {**E2E_SETTINGS, "progress_interval": 3600.0}
+    async with running_world(real_engine, **settings) as world:  # type: ignore[arg-type]
+        await world.alice.slash(world.channel, "imagine", prompt="a red apple")
+        job = await finished(world)
+        assert job.status is JobStatus.DONE, job.error
+        previews = [body for body in world.job_edits(job.id)
+                    if any(a.get("filename", "").endswith(".jpg") for a in body.get("attachments") or [])]
+        assert len(previews) == 1
+        assert "iteration 1/10" in previews[0]["embeds"][0]["description"]
+
+
+async def test_waiting_messages_follow_the_queue_with_a_real_engine(real_engine: RealEngine) -> None:
+    async with running_world(real_engine, **E2E_SETTINGS) as world:  # type: ignore[arg-type]
+        for member, prompt in ((world.alice, "first"), (world.bob, "second"), (world.alice, "third")):
+            assert "Queued job" in text_of(await member.slash(world.channel, "imagine", prompt=prompt))
+        jobs = await all_finished(world, 3)
+        assert [job.status for job in jobs] == [JobStatus.DONE] * 3
+        _, second, third = jobs
+        told = [body["embeds"][0]["description"] for body in world.job_edits(third.id)]
+        places = [text.split("(#")[1][0] for text in told if "(#" in text]
+        moves = [place for i, place in enumerate(places) if i == 0 or places[i - 1] != place]
+        assert moves == ["2", "1"], told  # moved up when "first" ended and "second" began
+        assert "Starting" in told[len(places)]
+        assert any("(#1)" in body["embeds"][0]["description"] for body in world.job_edits(second.id))
+        assert_no_place_shown_twice(world)

@@ -59,7 +59,7 @@ async def engine_dies(world: World) -> Jobs:
     """Three jobs as in `Jobs`, then the engine dies and every restart fails."""
     jobs = await three_jobs(world)
     world.engine.go_down()
-    await world.env.settle()
+    await world.catch_up()
     return jobs
 
 
@@ -105,7 +105,8 @@ async def test_a_job_queued_while_the_engine_is_down_says_so_too() -> None:
     async with running_world(FakeEngine(blocked=True)) as world:
         await engine_dies(world)
 
-        result = await world.bob.slash(world.channel, "imagine", prompt="late")
+        await world.bob.slash(world.channel, "imagine", prompt="late")
+        await world.catch_up()
         late = (await world.services.store.jobs_with_status())[-1]
         assert ENGINE_DOWN_TEXT in shown(world, late)
 
@@ -125,7 +126,7 @@ async def test_a_restart_that_fails_again_edits_no_message() -> None:
         edits = len(world.edits_of(jobs.later.progress_message_id))
 
         world.engine.go_down()  # another death, another failed restart
-        await world.env.settle()
+        await world.catch_up()
 
         assert len(world.edits_of(jobs.later.progress_message_id)) == edits
         assert engine_down_edits(world, jobs.later) == 1
@@ -151,7 +152,7 @@ async def test_when_the_engine_is_back_waiting_jobs_show_their_place_again() -> 
         jobs = await engine_dies(world)
 
         world.engine.come_back()  # still blocked: "next" starts and holds, "later" waits
-        await world.env.settle()
+        await world.catch_up()
 
         assert "Starting" in shown(world, jobs.next)
         assert "Waiting in the queue (#1)" in shown(world, jobs.later)

@@ -20,10 +20,10 @@ async def only_job(world: World):
     return job
 
 
-def preview_edits(world: World, message_id: int) -> list[dict]:
-    """Edits of the message that attached a preview JPEG shown as the embed image."""
+def preview_edits(world: World, job_id: str) -> list[dict]:
+    """Edits of the job's message that attached a preview JPEG shown as the embed image."""
     found = []
-    for body in world.edits_of(message_id):
+    for body in world.job_edits(job_id):
         files = [a.get("filename", "") for a in body.get("attachments") or []]
         embeds = body.get("embeds") or []
         if any(f.endswith(".jpg") for f in files) and embeds and "image" in embeds[0]:
@@ -77,7 +77,7 @@ async def test_progress_edits_show_a_fresh_preview_each_time() -> None:
     async with running_world(FakeEngine(progress_steps=4)) as world:
         await world.alice.slash(world.channel, "imagine", prompt="a lighthouse")
         job = await only_job(world)
-        edits = preview_edits(world, job.progress_message_id)
+        edits = preview_edits(world, job.id)
         assert len(edits) == 4
         names = [body["attachments"][0]["filename"] for body in edits]
         assert len(set(names)) == 4  # a new file per edit: clients never show a stale preview
@@ -100,13 +100,30 @@ async def test_progress_message_mid_job_shows_a_jpeg_bar_eta_and_cancel_button()
         assert labels == ["Cancel"]
 
 
-async def test_progress_edits_are_throttled_to_progress_interval() -> None:
+async def test_progress_edits_after_the_first_preview_are_throttled_to_progress_interval() -> None:
     async with running_world(FakeEngine(progress_steps=4), progress_interval=1000.0) as world:
         await world.alice.slash(world.channel, "imagine", prompt="a lighthouse")
         job = await only_job(world)
-        # All events arrive within the interval: no preview edit, just start and result.
-        assert preview_edits(world, job.progress_message_id) == []
+        # All events arrive within the interval: the first preview only, then the result.
+        (first,) = preview_edits(world, job.id)
+        assert "iteration 2/8" in first["embeds"][0]["description"]
         assert job.status is JobStatus.DONE
+
+
+async def test_the_first_preview_shows_at_once_and_later_ones_keep_the_interval() -> None:
+    # One progress event every 30 s (simulated), 60 s between edits: shown at once at 30 s
+    # (iteration 2), then at 90 s (iteration 6), never at 60 s or 120 s.
+    engine = FakeEngine(progress_steps=4, step_delay=30.0)
+    async with running_world(engine, progress_interval=60.0) as world:
+        await world.alice.slash(world.channel, "imagine", prompt="a lighthouse")
+        await world.env.advance_time(30.0)
+        job = await only_job(world)
+        assert ["iteration 2/8" in e["embeds"][0]["description"] for e in preview_edits(world, job.id)] == [True]
+        await world.env.advance_time(100.0)
+        shown = [e["embeds"][0]["description"].split("iteration ")[1].split("/")[0]
+                 for e in preview_edits(world, job.id)]
+        assert shown == ["2", "6"]
+        assert (await only_job(world)).status is JobStatus.DONE
 
 
 async def test_a_discord_error_while_editing_progress_does_not_fail_the_job() -> None:

@@ -89,5 +89,5 @@ def test_generation_modules_never_import_torch(tmp_path: Path) -> None:
 def test_queued_message_shows_the_eta_as_a_live_discord_timestamp() -> None:
     job = Job(id="abc", guild_id=1, channel_id=2, user_id=3, kind="imagine", prompt="p",
               iterations=10, params={"width": 64, "height": 64})
-    embed = render.queued_embed(job, 2, 90.0, now=1000.0)
+    embed = render.queued_embed(job, 2, 1090)
     assert "(#2)" in embed.description and "<t:1090:R>" in embed.description

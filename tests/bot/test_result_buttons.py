@@ -92,7 +92,7 @@ async def test_vary_starts_from_this_result_with_the_same_prompt_a_new_seed_and_
         job = (await jobs(world))[-1]
         assert (job.kind, job.parent_id, job.user_id) == (JobKind.VARY, first.id, world.bob.id)
         assert job.status is JobStatus.DONE
-        assert "Varied for" in message_of(world, job.result_message_id).embeds[0].description
+        assert message_of(world, job.result_message_id).embeds[0].description.startswith("Varied")
 
 
 async def test_a_vary_of_a_vary_is_as_long_as_the_first() -> None:

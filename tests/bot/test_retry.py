@@ -153,10 +153,12 @@ async def test_a_job_asked_a_day_before_a_restart_is_not_resumed_but_offered_ret
         for job in (old_running, old_waiting):
             ended = await store.get_job(job.id)
             assert (ended.status, ended.failure) == (JobStatus.FAILED, protocol.FAIL_SHUTDOWN)
-            message = message_of(world, job.progress_message_id)
+            # The failure was posted as a new message (to notify): the job's message now.
+            message = message_of(world, ended.progress_message_id)
             assert labels(message) == ["Retry"] and "not resumed" in message.embeds[0].description
 
-        await world.alice.click(message_of(world, old_running.progress_message_id), label="Retry")
+        ended = await store.get_job(old_running.id)
+        await world.alice.click(message_of(world, ended.progress_message_id), label="Retry")
         assert [s.prompts[0].text for s in new_engine.submits] == ["recent", "long ago"]
 
 

@@ -29,9 +29,11 @@ async def test_a_restart_finishes_the_running_and_queued_jobs_in_their_messages(
         assert [s.prompts[0].text for s in new_engine.submits] == ["interrupted", "waiting"]
         after = await jobs(world)
         assert [j.status for j in after] == [JobStatus.DONE, JobStatus.DONE]
-        # The same messages turned into the results: no second message per job.
-        assert [j.result_message_id for j in after] == [j.progress_message_id for j in before]
-        assert len(world.bot_messages()) == 2
+        # Each job's message went on updating, and its result replaced it: still one
+        # message per job, the result.
+        assert all(world.job_edits(j.id) for j in before)
+        assert sorted(m.id for m in world.bot_messages()) == [j.result_message_id for j in after]
+        assert not {j.progress_message_id for j in before} & {m.id for m in world.bot_messages()}
 
 
 async def test_restore_puts_interrupted_jobs_before_older_queued_ones() -> None:
@@ -72,7 +74,7 @@ async def test_engine_that_fails_to_start_is_retried_and_waiting_users_are_told(
         assert engine.start_calls == 3
         (job,) = await jobs(world)
         assert job.status is JobStatus.DONE
-        told = [body["embeds"][0]["description"] for body in world.edits_of(job.progress_message_id)
+        told = [body["embeds"][0]["description"] for body in world.job_edits(job.id)
                 if "engine is down" in str(body.get("embeds"))]
         assert told and "keeps its place" in told[0]
         # The reason is for the operator: it can hold the server's paths.

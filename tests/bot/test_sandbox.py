@@ -251,7 +251,7 @@ async def test_clicking_reroll_in_a_browser_shows_the_new_result(tmp_path: Path)
                 rerolls = page.get_by_role("button", name="Reroll")
                 await expect(rerolls).to_have_count(1)
                 await rerolls.click()
-                await expect(page.get_by_text("Rerolled for")).to_be_visible(timeout=10_000)
+                await expect(page.get_by_text("Rerolled", exact=True)).to_be_visible(timeout=10_000)
                 await expect(rerolls).to_have_count(2)
             finally:
                 await browser.close()

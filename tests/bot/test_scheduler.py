@@ -249,22 +249,26 @@ def test_queued_jobs_lists_run_order_without_taking_them() -> None:
     assert len(s) == 3
 
 
-def test_eta_is_running_remainder_plus_iterations_ahead() -> None:
+def test_iterations_ahead_follow_the_run_order() -> None:
     s = Scheduler(max_queued_per_user=None)
     s.submit(job(A, "a1", iterations=100))
     s.submit(job(A, "a2", iterations=300))
     s.submit(job(B, "b1", iterations=200))  # runs second: a1, b1, a2
-    assert s.eta_seconds("a1", 0.5, running_job_remaining=20.0) == 20.0
-    assert s.eta_seconds("b1", 0.5, running_job_remaining=20.0) == 20.0 + 100 * 0.5
-    assert s.eta_seconds("a2", 0.5, running_job_remaining=20.0) == 20.0 + 300 * 0.5
-    assert s.eta_seconds("a2", 0.5, 20.0, include_self=True) == 20.0 + 600 * 0.5
+    assert [(j.id, ahead) for j, ahead in s.iterations_ahead()] == [("a1", 0), ("b1", 100), ("a2", 300)]
 
 
-def test_eta_is_none_without_an_estimate_or_for_unknown_jobs() -> None:
-    s = Scheduler()
+def test_the_queue_reports_every_move() -> None:
+    s = Scheduler(max_queued_per_user=None)
+    moves: list[int] = []
+    s.on_change = lambda: moves.append(len(s))
     s.submit(job(A, "a1"))
-    assert s.eta_seconds("a1", None) is None
-    assert s.eta_seconds("nope", 0.1) is None
+    s.submit(job(A, "a2"))
+    s.pop_nowait()
+    s.remove("a2")
+    s.finish("a1")
+    s.finish("a1")  # not running any more: nothing moved
+    s.restore([job(B, "b1")])
+    assert moves == [1, 2, 1, 0, 0, 1]
 
 
 # ---------------------------------------------------------------- remove

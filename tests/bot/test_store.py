@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.jobs import Job, JobKind, JobStatus
+from bot.jobs import ENGINE_DOWN_NOTE, Job, JobKind, JobStatus, QueueNote
 from bot.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -477,3 +477,16 @@ async def test_a_database_from_before_failure_kinds_gains_the_column_and_keeps_i
         assert old is not None and (old.error, old.failure) == ("x", None)
     finally:
         await store.close()
+
+
+# ---------------------------------------------------------------- queue notes
+
+
+async def test_queue_notes_keep_the_last_note_of_each_job(store: Store) -> None:
+    first, second, third = [await add(store) for _ in range(3)]
+    await store.save_queue_note(first.id, QueueNote(2, 1_700_000_600))
+    await store.save_queue_note(first.id, QueueNote(1, 1_700_000_300))
+    await store.save_queue_note(second.id, ENGINE_DOWN_NOTE)
+    notes = await store.queue_notes([first.id, second.id, third.id])
+    assert notes == {first.id: QueueNote(1, 1_700_000_300), second.id: ENGINE_DOWN_NOTE}
+    assert await store.queue_notes([]) == {}

@@ -57,7 +57,7 @@ async def test_a_hostile_prompt_is_shown_defused_in_the_result() -> None:
         assert "a castle" in title
 
 
-async def test_no_message_of_the_bot_allows_a_ping_whatever_the_prompt_says() -> None:
+async def test_no_message_of_the_bot_allows_a_ping_of_anyone_but_the_requester() -> None:
     async with running_world() as world:
         role = world.guild.create_role("artists", mentionable=True)
         prompt = hostile_prompt(world, role.id)
@@ -67,9 +67,15 @@ async def test_no_message_of_the_bot_allows_a_ping_whatever_the_prompt_says() ->
         bodies = bodies_with_content(world)
         assert len(bodies) >= 3
         for body in bodies:
-            assert body.get("allowed_mentions") == {"parse": []}, body
+            # Never @everyone, @here or a role; at most the one member who asked.
+            allowed = body.get("allowed_mentions")
+            assert allowed is not None and allowed.get("parse") == [], body
+            assert not allowed.get("roles") and not allowed.get("replied_user"), body
+            assert set(allowed.get("users") or []) <= {world.alice.id, str(world.alice.id)}, body
         (message,) = world.bot_messages()
         assert not message.mention_everyone and message.role_mentions == []
+        pinged = world.env.backend.get_message(world.channel.id, message.id).ping_user_ids
+        assert pinged == [world.alice.id]  # bob is in the prompt, and not pinged
 
 
 async def test_a_long_hostile_prompt_is_shown_whole_in_a_field_defused() -> None:
