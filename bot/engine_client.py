@@ -49,11 +49,11 @@ import time
 from collections.abc import Mapping, Sequence
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from bot.config import Settings
+from bot.engine_status import EngineState, EngineStatus
 from engine import protocol as p
 
 log = logging.getLogger(__name__)
@@ -67,40 +67,6 @@ SHUTDOWN_MESSAGE = "the engine was shut down before your job finished; you were 
 EXIT_GRACE_SECONDS = 5.0
 #: A worker that stayed up this long resets the restart backoff.
 STABLE_SECONDS = 60.0
-
-
-class EngineState(StrEnum):
-    """Where the engine is in its life; the value is how `/status` says it."""
-
-    NOT_STARTED = "not started"
-    #: `start()` is loading the models (a retry after a failed start stays `down`).
-    STARTING = "starting"
-    READY = "ready"
-    #: The worker died; a new one is being started (jobs that had not started wait).
-    RESTARTING = "restarting"
-    #: A start or restart failed; retrying with backoff while jobs keep their place.
-    DOWN = "down"
-    CLOSED = "closed"
-
-
-@dataclass(frozen=True)
-class EngineStatus:
-    """A snapshot of the engine's state, for the runner and for `/status`."""
-
-    state: EngineState
-    #: When `state` began (epoch seconds).
-    since: float
-    #: Goes up by one at every change of `state`: `wait_status_change(after=serial)`.
-    serial: int
-    #: The live worker's `ready` (device, models, pid); None unless `state` is ready.
-    ready: p.Ready | None
-    #: The last worker's `ready`, kept after it died: what was running before.
-    last_ready: p.Ready | None
-    #: The last start or crash error in full (may name the server's files), and when.
-    last_error: str | None
-    last_error_at: float | None
-    #: Workers started again after one died.
-    restarts: int
 
 
 class EngineStartError(Exception):

@@ -25,7 +25,7 @@ import discord
 from bot import render
 from bot.attachments import save_input
 from bot.blocklist import check_request
-from bot.engine_client import EngineState
+from bot.engine_status import EngineState
 from bot.eta import estimate
 from bot.interactions import answer, defer, services_of
 from bot.jobs import JOB_QUEUED_EVENT, Job, new_job_id

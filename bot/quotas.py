@@ -22,52 +22,16 @@ import asyncio
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import TypeVar
 
 from bot.errors import UserError
+from bot.quota_status import QuotaSource, QuotaStatus
 from bot.render import discord_relative_time, format_duration
 from bot.store import Clock, QuotaLimit, Store
 
 WINDOW_SECONDS = 24 * 60 * 60
 
 T = TypeVar("T")
-
-
-class QuotaSource(StrEnum):
-    """Where the applying limit came from (so `/usage` can say why)."""
-
-    OVERRIDE = "override"
-    ROLE = "role"
-    GUILD_DEFAULT = "guild_default"
-    DEFAULT = "default"
-
-
-@dataclass(frozen=True)
-class QuotaStatus:
-    """A member's quota at one moment.
-
-    `limit`/`remaining` are None when unlimited. `resets_at` is when the next slot frees
-    (the moment `remaining` goes up by one, which for an exhausted quota is when the user
-    may generate again); None when nothing will free up (no charged jobs in the window,
-    unlimited, or a limit of 0).
-    """
-
-    limit: int | None
-    used: int
-    remaining: int | None
-    resets_at: float | None
-    source: QuotaSource
-
-    @property
-    def unlimited(self) -> bool:
-        return self.limit is None
-
-    @property
-    def allowed(self) -> bool:
-        """May the user queue one more image now?"""
-        return self.remaining is None or self.remaining > 0
 
 
 def exceeded_message(status: QuotaStatus, now: float) -> str:
@@ -199,7 +163,5 @@ __all__ = [
     "WINDOW_SECONDS",
     "QuotaExceeded",
     "QuotaPolicy",
-    "QuotaSource",
-    "QuotaStatus",
     "exceeded_message",
 ]

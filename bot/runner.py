@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 
 from discord.ext import commands
 
-from bot.engine_client import EngineState, EngineStatus
+from bot.engine_status import EngineState, EngineStatus
 from bot.jobs import FAIL_INPUT_MISSING, JOB_QUEUED_EVENT, Job, JobStatus
 from bot.queue_notes import QueueNotes
 from bot.requests import job_size

@@ -75,7 +75,8 @@ with _without_warnings_from("discord.state", "discord.client"):
 
 from bot.app import ImagineBot
 from bot.config import Settings
-from bot.engine_client import EngineClient, EngineStartError, EngineStatus, worker_command_for
+from bot.engine_client import EngineClient, EngineStartError, worker_command_for
+from bot.engine_status import EngineStatus
 from bot.errors import UserError
 from bot.interactions import unwrap
 from bot.services import Engine, worker_environment

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Protocol
 
 from bot.config import Settings
-from bot.engine_client import EngineClient, EngineStatus, worker_command_for
+from bot.engine_client import EngineClient, worker_command_for
+from bot.engine_status import EngineStatus
 from bot.job_messages import JobMessages
 from bot.quotas import QuotaPolicy
 from bot.scheduler import Scheduler

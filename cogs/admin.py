@@ -35,7 +35,7 @@ from bot.app import ImagineBot
 from bot.blocklist import MAX_TERMS, fold, parse_terms
 from bot.errors import UserError
 from bot.permissions import admin_only, member_role_ids, require_admin
-from bot.quotas import QuotaStatus
+from bot.quota_status import QuotaStatus
 from bot.stats import guild_stats
 from bot.store import AddOutcome
 from cogs.info import QUOTA_SOURCE_TEXT, describe_limit, format_quota_status

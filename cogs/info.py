@@ -23,7 +23,7 @@ from bot.app import ImagineBot
 from bot.eta import estimate, running_remaining, seconds_per_iteration
 from bot.jobs import Job
 from bot.permissions import is_admin, member_role_ids
-from bot.quotas import QuotaSource, QuotaStatus
+from bot.quota_status import QuotaSource, QuotaStatus
 from bot.render import discord_relative_time, format_duration, quoted
 from bot.requests import member_iterations, member_shape, shape_size
 from bot.services import Services

@@ -33,7 +33,8 @@ from PIL import Image, PngImagePlugin
 
 from bot.app import ImagineBot
 from bot.config import Settings
-from bot.engine_client import CRASH_MESSAGE, EngineState, EngineStatus
+from bot.engine_client import CRASH_MESSAGE
+from bot.engine_status import EngineState, EngineStatus
 from bot.pacing import QUEUE_EDIT_WINDOW
 from engine import protocol
 from tests.bot.conftest import make_settings, raise_unexpected_errors

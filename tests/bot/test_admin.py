@@ -14,7 +14,8 @@ import simcord
 
 from bot.app import ImagineBot
 from bot.jobs import JobKind
-from bot.quotas import WINDOW_SECONDS, QuotaSource, QuotaStatus
+from bot.quota_status import QuotaSource, QuotaStatus
+from bot.quotas import WINDOW_SECONDS
 from bot.services import Services
 from bot.store import QuotaLimit
 from tests.bot.conftest import make_settings, reply

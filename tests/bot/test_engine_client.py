@@ -29,11 +29,10 @@ from bot.engine_client import (
     EngineClosedError,
     SHUTDOWN_MESSAGE,
     EngineStartError,
-    EngineState,
-    EngineStatus,
     worker_command,
     worker_command_for,
 )
+from bot.engine_status import EngineState, EngineStatus
 from engine import protocol as p
 from tests.bot.conftest import make_settings
 

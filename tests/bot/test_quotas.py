@@ -8,11 +8,10 @@ import re
 import pytest
 
 from bot.jobs import JobKind
+from bot.quota_status import QuotaSource, QuotaStatus
 from bot.quotas import (
     QuotaExceeded,
     QuotaPolicy,
-    QuotaSource,
-    QuotaStatus,
     exceeded_message,
 )
 from bot.store import Store

@@ -1,0 +1,44 @@
+"""The engine's state as the bot sees it: plain data, so that what shows it (`bot.render`,
+`/status`, the runner) needs nothing of the client that tracks it (`bot.engine_client`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from engine import protocol as p
+
+
+class EngineState(StrEnum):
+    """Where the engine is in its life; the value is how `/status` says it."""
+
+    NOT_STARTED = "not started"
+    #: `start()` is loading the models (a retry after a failed start stays `down`).
+    STARTING = "starting"
+    READY = "ready"
+    #: The worker died; a new one is being started (jobs that had not started wait).
+    RESTARTING = "restarting"
+    #: A start or restart failed; retrying with backoff while jobs keep their place.
+    DOWN = "down"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """A snapshot of the engine's state, for the runner and for `/status`."""
+
+    state: EngineState
+    #: When `state` began (epoch seconds).
+    since: float
+    #: Goes up by one at every change of `state`: `wait_status_change(after=serial)`.
+    serial: int
+    #: The live worker's `ready` (device, models, pid); None unless `state` is ready.
+    ready: p.Ready | None
+    #: The last worker's `ready`, kept after it died: what was running before.
+    last_ready: p.Ready | None
+    #: The last start or crash error in full (may name the server's files), and when.
+    last_error: str | None
+    last_error_at: float | None
+    #: Workers started again after one died.
+    restarts: int
