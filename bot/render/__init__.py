@@ -11,8 +11,12 @@ escaped, mentions defused.
 One module per feature, re-exported here, in this order:
 - `text`: the pieces every text is made of (user text made safe, times, links, colours);
 - `job_messages`: a job's message in the channel, and the answer that it was queued;
+- `refusals`: refusals of requests (the prompt, sizes, the queue, permissions), and the
+  apology for a bug;
+- `attachments`: refusals of uploaded images;
 - `edit_source`: which image an edit starts from;
-- `buttons`: the result's and the failure's buttons (Info, Timelapse, Retry);
+- `buttons`: the job buttons' labels, the edit modal, and what the buttons answer (Cancel,
+  Info, Timelapse, Retry);
 - `your_jobs`: `/jobs` and `/cancel`;
 - `settings`: `/settings`, members' own defaults;
 - `status`, `blocklist`, `stats`: the admins' `/status`, `/blocklist` and `/stats`.
@@ -44,16 +48,21 @@ from bot.render.text import (
 from bot.render.job_messages import (
     BAR_WIDTH,
     ENGINE_DOWN_TEXT,
+    ENGINE_CRASHED,
+    ENGINE_SHUT_DOWN,
+    INPUT_IMAGE_GONE,
     NOT_RESUMED_TEXT,
     REPLACE_LIMIT,
     apology_embed,
     cancelled_embed,
     describe_done,
     describe_kind,
+    engine_refused,
     failed_content,
     failed_embed,
     interrupted_embed,
     job_link,
+    job_not_sent,
     not_charged,
     progress_bar,
     progress_embed,
@@ -65,6 +74,35 @@ from bot.render.job_messages import (
     size_text,
     started_embed,
     waiting_for_engine_embed,
+)
+
+# ---- refusals of requests, and the apology for a bug
+from bot.render.refusals import (
+    CANNOT_POST_JOB,
+    GUILD_ONLY,
+    NOT_ADMIN,
+    REPLACE_ONLY_SPACES,
+    STORED_IMAGE_GONE,
+    apology,
+    iterations_out_of_range,
+    prompt_unusable,
+    queue_full,
+    queue_full_for_user,
+    replace_too_long,
+    seed_unusable,
+)
+
+# ---- uploaded images
+from bot.render.attachments import (
+    IMAGE_FORMATS,
+    attachment_far_too_many_pixels,
+    attachment_not_an_image,
+    attachment_not_downloaded,
+    attachment_too_large,
+    attachment_too_many_pixels,
+    attachment_unreadable,
+    attachment_wrong_format,
+    file_name,
 )
 
 # ---- which image an edit starts from
@@ -79,12 +117,27 @@ from bot.render.edit_source import (
 
 # ---- the job buttons and the edit modal
 from bot.render.buttons import (
+    CANCEL_LABEL,
     CANNOT_POST_TIMELAPSE,
+    EDIT_LABEL,
+    EDIT_MODAL_TITLE,
+    EDIT_PROMPT_LABEL,
+    EDIT_PROMPT_PLACEHOLDER,
+    EDIT_REPLACE_LABEL,
+    EDIT_REPLACE_PLACEHOLDER,
+    INFO_LABEL,
+    REROLL_LABEL,
     RETRY_LABEL,
+    RETRY_SMALLER_LABEL,
+    TIMELAPSE_LABEL,
+    VARY_LABEL,
+    cancel_too_late,
     info_embed,
+    job_forgotten,
     no_result_text,
     no_timelapse_text,
     not_retryable,
+    only_requester_cancels,
     result_missing_text,
     retry_smaller_label,
     timelapse_already_text,
@@ -98,14 +151,20 @@ from bot.render.your_jobs import (
     CHOICE_NAME_LIMIT,
     JOBS_LIMIT,
     JOBS_PROMPT_CHARS,
+    already_ended,
     already_finished,
     cancel_label,
+    cancel_lost_race,
+    cancelled,
+    cancelled_before_start,
     job_choice_name,
     job_line,
     job_status_text,
     jobs_embed,
     no_job_to_cancel,
+    no_record_of_job,
     not_your_job,
+    stopping,
     unknown_job,
 )
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import discord
 
-from bot.jobs import Job
+from bot.jobs import Job, JobStatus
 from bot.render.job_messages import size_text
 from bot.render.text import (
     COLOUR_DONE,
@@ -20,7 +20,41 @@ from bot.render.text import (
     user_text,
 )
 
+#: The buttons' labels (their emoji and colours are `bot.views`').
+CANCEL_LABEL = "Cancel"
+REROLL_LABEL = "Reroll"
+VARY_LABEL = "Vary"
+EDIT_LABEL = "Edit"
+INFO_LABEL = "Info"
+TIMELAPSE_LABEL = "Timelapse"
 RETRY_LABEL = "Retry"
+RETRY_SMALLER_LABEL = "Retry smaller"
+
+#: The Edit button's and the "Edit image" menu's modal.
+EDIT_MODAL_TITLE = "Edit image"
+EDIT_PROMPT_LABEL = "Prompt"
+EDIT_PROMPT_PLACEHOLDER = "withered flowers  (a + b mixes, text:2 weights)"
+EDIT_REPLACE_LABEL = "Replace (optional)"
+EDIT_REPLACE_PLACEHOLDER = "e.g. flowers: only that part changes"
+
+
+def job_forgotten(job_id: str) -> str:
+    """A button of a job the store does not know (any more)."""
+    return f"I have no record of job `{job_id}` any more."
+
+
+def only_requester_cancels(job: Job) -> str:
+    """Cancel, clicked by someone who is neither the requester nor an admin."""
+    return (f"Only <@{job.user_id}>, who asked for this image, or a server admin "
+            "(Manage Server) can cancel it.")
+
+
+def cancel_too_late(job: Job) -> str:
+    """Cancel on a job that has already ended."""
+    ended = "finished" if job.status is JobStatus.DONE else "ended"
+    return f"Job `{job.id}` has already {job.status.value} ({ended})."
+
+
 CANNOT_POST_TIMELAPSE = (
     "I can't post the timelapse in this channel. Ask a server admin to give me the **Send "
     "Messages** and **Attach Files** permissions here."

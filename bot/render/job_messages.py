@@ -31,6 +31,28 @@ BAR_WIDTH = 20
 ENGINE_DOWN_TEXT = "The image engine is down; your image keeps its place."
 #: A `replace` phrase quoted in a job's description.
 REPLACE_LIMIT = 102
+#: The messages of the failures the bot makes up itself (`engine.protocol.Failed.message`,
+#: fit to show as is, like the engine's own): the engine died under the job
+#: (`bot.engine_client`)...
+ENGINE_CRASHED = "the engine crashed and was restarted; you were not charged"
+#: ... the bot shut down before the job ended (the runner shows `interrupted_embed` instead:
+#: the job resumes at the next start)...
+ENGINE_SHUT_DOWN = "the engine was shut down before your job finished; you were not charged"
+#: ... or the job's starting image is gone from disk when it is its turn (`bot.runner`).
+INPUT_IMAGE_GONE = ("the image this job starts from is no longer on the bot's disk; "
+                    "attach it again with /edit")
+
+
+def engine_refused(message: str) -> str:
+    """The engine answered a job it had not started with an error (`message` is its own)."""
+    return f"the engine refused this job: {message}"
+
+
+def job_not_sent(error: str) -> str:
+    """The job's frame broke the protocol's limits (a bug, or an absurd upload)."""
+    return f"the job could not be sent to the engine: {error}"
+
+
 #: A failed job's message after a long stop (`bot.retry.fail_unresumed`).
 NOT_RESUMED_TEXT = (
     "interrupted when the bot stopped, and not resumed: the bot was away too long to run it "

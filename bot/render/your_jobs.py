@@ -85,3 +85,31 @@ def not_your_job(job: Job) -> str:
 def already_finished(job: Job) -> str:
     return f"Job `{job.id}` has already ended: it is {job.status.value}."
 
+
+# ---- what `/cancel` and the Cancel buttons answer (`bot.cancel`)
+
+
+def cancelled_before_start(job_id: str) -> str:
+    return f"Cancelled job `{job_id}` before it started. It was not charged."
+
+
+def cancel_lost_race(job_id: str, status: str) -> str:
+    """The job left the queue and ended otherwise in the same moment (`status`: how)."""
+    return f"Job `{job_id}` could not be cancelled: it is {status}."
+
+
+def stopping(job_id: str) -> str:
+    """The running job: the engine is asked to stop it."""
+    return f"Stopping job `{job_id}`… It will not be charged."
+
+
+def no_record_of_job(job_id: str) -> str:
+    return f"I have no record of job `{job_id}`."
+
+
+def already_ended(job_id: str, status: str) -> str:
+    return f"Job `{job_id}` has already {status}."
+
+
+def cancelled(job_id: str) -> str:
+    return f"Cancelled job `{job_id}`. It was not charged."
