@@ -27,6 +27,7 @@ from typing import Literal
 from dotenv import dotenv_values
 
 from engine.limits import DEFAULT_MAX_IMAGE_BYTES
+from engine.protocol import MAX_CAPACITY
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,11 @@ Device = Literal["auto", "cuda", "cpu"]
 _DEVICE_NAMES: dict[str, Device] = {"auto": "auto", "cuda": "cuda", "cpu": "cpu"}
 DEVICES = tuple(_DEVICE_NAMES)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+CompileMode = Literal["auto", "on", "off"]
+_COMPILE_MODES: dict[str, CompileMode] = {"auto": "auto", "on": "on", "off": "off"}
+COMPILE_MODES = tuple(_COMPILE_MODES)
+#: The most jobs ENGINE_BATCH may ask the engine to optimise at once (`Ready.capacity`'s bound).
+MAX_ENGINE_BATCH = MAX_CAPACITY
 #: Every size must be a multiple of this: the VQGAN downsampling factor (16 for the f16
 #: models; the f8 models need 8, which 16 satisfies).
 SIZE_MULTIPLE = 16
@@ -76,6 +82,8 @@ DEFAULTS: dict[str, str] = {
     "DEFAULT_DAILY_QUOTA": "20",
     "MAX_QUEUED_PER_USER": "3",
     "MAX_IMAGE_MB": "8",
+    "ENGINE_BATCH": "auto",
+    "ENGINE_COMPILE": "auto",
     "LOG_LEVEL": "INFO",
     "AUTO_DOWNLOAD": "true",
 }
@@ -119,6 +127,10 @@ class Settings:
     max_queued_per_user: int = 3
     #: Largest uploaded image in MiB, checked by the bot before queueing and by the engine again.
     max_image_mb: int = DEFAULT_MAX_IMAGE_BYTES // MIB
+    #: Jobs the engine optimises at once (`--batch`); None = the engine's own default.
+    engine_batch: int | None = None
+    #: Whether the engine compiles its steps with torch.compile (`--compile`).
+    engine_compile: CompileMode = "auto"
     log_level: str = "INFO"
     auto_download: bool = True
 
@@ -220,6 +232,8 @@ def load_settings(
     default_daily_quota = parser.integer("DEFAULT_DAILY_QUOTA", minimum=0)
     max_queued_per_user = parser.integer("MAX_QUEUED_PER_USER", minimum=1)
     max_image_mb = parser.integer("MAX_IMAGE_MB", minimum=1, maximum=MAX_IMAGE_MB)
+    engine_batch = parser.engine_batch("ENGINE_BATCH")
+    engine_compile = parser.compile_mode("ENGINE_COMPILE")
     log_level = parser.choice("LOG_LEVEL", LOG_LEVELS, lower=False)
     auto_download = parser.boolean("AUTO_DOWNLOAD")
     vqgan_config, vqgan_checkpoint = parser.vqgan_files()
@@ -235,6 +249,7 @@ def load_settings(
         max_iterations=max_iterations, default_cutn=default_cutn, max_cutn=max_cutn,
         progress_interval=progress_interval, default_daily_quota=default_daily_quota,
         max_queued_per_user=max_queued_per_user, max_image_mb=max_image_mb,
+        engine_batch=engine_batch, engine_compile=engine_compile,
         log_level=log_level, auto_download=auto_download,
     )
 
@@ -374,6 +389,38 @@ class _Parser:
         self._fail(name, f"{value!r} is not true or false; set {name}=true or {name}=false")
         return DEFAULTS[name] in _TRUE
 
+    def engine_batch(self, name: str) -> int | None:
+        """ENGINE_BATCH: `auto` (None: the engine decides), or how many jobs at once."""
+        value = self._value(name)
+        if value.lower() == "auto":
+            return None
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if not 1 <= number <= MAX_ENGINE_BATCH:
+            self._fail(
+                name,
+                f"{value!r} is not auto or a whole number from 1 to {MAX_ENGINE_BATCH}; set "
+                f"{name}=auto for the engine's default, {name}=1 to run one image at a time, "
+                f"or e.g. {name}=4 to optimise up to 4 images of one size together",
+            )
+            return None
+        return number
+
+    def compile_mode(self, name: str) -> CompileMode:
+        value = self._value(name)
+        mode = _COMPILE_MODES.get(value.lower())
+        if mode is None:
+            self._fail(
+                name,
+                f"{value!r} is not auto, on or off; set {name}=auto to compile the engine's "
+                f"steps on a GPU only (the default), {name}=on to compile on any device, or "
+                f"{name}=off never to compile",
+            )
+            return "auto"
+        return mode
+
     def device(self, name: str) -> Device:
         return _DEVICE_NAMES[self.choice(name, DEVICES, lower=True)]
 
@@ -500,6 +547,8 @@ def format_settings(settings: Settings) -> str:
         value = getattr(settings, attr)
         if name == "DISCORD_TOKEN":
             shown = "<hidden>"
+        elif value is None and name == "ENGINE_BATCH":
+            shown = "auto"
         elif value is None:
             shown = ""
         elif isinstance(value, tuple):

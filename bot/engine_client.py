@@ -85,11 +85,14 @@ def worker_command(
     vqgan_checkpoint: Path | str | None = None,
     log_level: str | None = None,
     max_image_bytes: int | None = None,
+    batch: int | None = None,
+    compile_mode: str | None = None,
     python: str = sys.executable,
 ) -> list[str]:
     """The command line that runs the worker with this Python: `python -m engine worker ...`.
 
-    Options left None are left to the worker's defaults.
+    Options left None are left to the worker's defaults (`batch` None: ENGINE_BATCH=auto,
+    the engine picks how many jobs it optimises at once).
     """
     command = [python, "-m", "engine"]
     if log_level:
@@ -98,7 +101,8 @@ def worker_command(
     for flag, value in (("--vqgan", vqgan), ("--clip", clip), ("--model-dir", model_dir),
                         ("--device", device), ("--vqgan-config", vqgan_config),
                         ("--vqgan-checkpoint", vqgan_checkpoint),
-                        ("--max-image-bytes", max_image_bytes)):
+                        ("--max-image-bytes", max_image_bytes), ("--batch", batch),
+                        ("--compile", compile_mode)):
         if value is not None:
             command += [flag, str(value)]
     return command
@@ -112,6 +116,7 @@ def worker_command_for(settings: Settings) -> list[str]:
         vqgan_checkpoint=settings.vqgan_checkpoint, log_level=settings.log_level,
         # The bot checked uploads against the same limit: the engine refuses nothing it queued.
         max_image_bytes=settings.max_image_bytes,
+        batch=settings.engine_batch, compile_mode=settings.engine_compile,
     )
 
 

@@ -171,6 +171,35 @@ def test_clip_model_name_with_slash_is_not_a_path() -> None:
     assert not settings.clip_model_is_path
 
 
+def test_engine_batch_auto_leaves_the_batch_to_the_engine() -> None:
+    for value in ("auto", "AUTO", ""):
+        assert load_settings(None, {"DISCORD_TOKEN": FAKE_TOKEN, "ENGINE_BATCH": value}).engine_batch is None
+
+
+@pytest.mark.parametrize("value", ["1", "4", "64"])
+def test_engine_batch_takes_a_whole_number_of_jobs_from_1_to_64(value: str) -> None:
+    settings = load_settings(None, {"DISCORD_TOKEN": FAKE_TOKEN, "ENGINE_BATCH": value})
+    assert settings.engine_batch == int(value)
+
+
+def test_a_bad_engine_batch_names_the_range_and_how_to_turn_batching_off() -> None:
+    (problem,) = problems_for({"ENGINE_BATCH": "100"})
+    assert "'100'" in problem and "1 to 64" in problem
+    assert "ENGINE_BATCH=auto" in problem and "ENGINE_BATCH=1" in problem
+
+
+@pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), ("ON", "on"), ("off", "off")])
+def test_engine_compile_is_auto_on_or_off_in_any_case(value: str, expected: str) -> None:
+    settings = load_settings(None, {"DISCORD_TOKEN": FAKE_TOKEN, "ENGINE_COMPILE": value})
+    assert settings.engine_compile == expected
+
+
+def test_a_bad_engine_compile_says_what_each_mode_does() -> None:
+    (problem,) = problems_for({"ENGINE_COMPILE": "yes"})
+    assert problem.startswith("ENGINE_COMPILE: 'yes' is not auto, on or off")
+    assert "ENGINE_COMPILE=off" in problem
+
+
 def test_settings_are_frozen() -> None:
     settings = load_settings(None, {"DISCORD_TOKEN": FAKE_TOKEN})
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -203,6 +232,10 @@ def test_settings_are_frozen() -> None:
         ("MAX_QUEUED_PER_USER", "0"),
         ("LOG_LEVEL", "LOUD"),
         ("AUTO_DOWNLOAD", "maybe"),
+        ("ENGINE_BATCH", "0"),
+        ("ENGINE_BATCH", "65"),
+        ("ENGINE_BATCH", "lots"),
+        ("ENGINE_COMPILE", "fast"),
     ],
 )
 def test_invalid_value_is_reported_under_its_setting_name(name: str, value: str) -> None:

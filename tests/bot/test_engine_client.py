@@ -470,7 +470,18 @@ def test_worker_command_runs_this_python_with_the_settings_models_and_image_limi
     assert worker_command_for(settings) == [
         sys.executable, "-m", "engine", "--log-level", "INFO", "worker",
         "--vqgan", "vqgan_imagenet_f16_16384", "--clip", "ViT-B/32", "--model-dir", "/models",
-        "--device", "cuda", "--max-image-bytes", str(2 * 1024 * 1024)]
+        "--device", "cuda", "--max-image-bytes", str(2 * 1024 * 1024), "--compile", "auto"]
+
+
+def test_worker_command_passes_engine_batch_and_compile_when_set():
+    settings = make_settings(engine_batch=4, engine_compile="off")
+    command = worker_command_for(settings)
+    assert command[command.index("--batch") + 1] == "4"
+    assert command[command.index("--compile") + 1] == "off"
+
+
+def test_worker_command_leaves_the_batch_to_the_engine_when_engine_batch_is_auto():
+    assert "--batch" not in worker_command_for(make_settings(engine_batch=None))
 
 
 def test_importing_the_client_does_not_import_torch():
