@@ -2,8 +2,8 @@
 engine, or computing. Used by the Cancel button; the caller has checked the clicker may.
 
 The job runner and this module share the state a cancel needs through `Services`: the
-queue, and `services.running` (the job that left the queue, with `submitted` once the
-engine has it). A waiting job ends here at once; a running one is marked, the engine is
+queue, and `services.running` (the jobs that left the queue, each with `submitted` once
+the engine has it; cancelling one leaves the others running). A waiting job ends here at once; a running one is marked, the engine is
 asked to stop it if it has it, and the runner ends it when the engine says so (or,
 before submitting, when it sees the mark).
 """
@@ -25,8 +25,8 @@ async def cancel_job(services: Services, job_id: str, *, by_user_id: int | None 
             return render.cancel_lost_race(job_id, error.current.value)
         await services.messages.cancelled(job, by_user_id)
         return render.cancelled_before_start(job_id)
-    running = services.running
-    if running is not None and running.job_id == job_id:
+    running = services.running.get(job_id)
+    if running is not None:
         running.cancel_requested = True
         running.cancelled_by = by_user_id
         if running.submitted:

@@ -141,3 +141,28 @@ class QueueNote:
 
 #: The note of a waiting job while the engine is down: no place, no time.
 ENGINE_DOWN_NOTE = QueueNote(None, None, engine_down=True)
+
+
+@dataclass
+class RunningJob:
+    """A job between leaving the queue and its last event, as the job runner last heard
+    of it; `/queue`, `/status`, `/jobs` and ETAs read it, and a cancel is recorded on it."""
+
+    job_id: str
+    user_id: int
+    iteration: int
+    total: int
+    started_at: float
+    #: Measured on this job so far; None until the first progress event. Measured while
+    #: it shared the engine's steps with the others, so it is this job's own pace.
+    seconds_per_iteration: float | None = None
+    #: Whether the engine has been handed the job (a cancel must then go to the engine).
+    submitted: bool = False
+    #: Whether the engine said `Started`: it is computing, not waiting in the engine for
+    #: room in the batch (until then it has no iteration to show).
+    started: bool = False
+    #: (width, height): an engine that batches runs only jobs of one size together.
+    size: tuple[int, int] | None = None
+    #: Set when someone asked to cancel it; `cancelled_by` says who (None: unknown).
+    cancel_requested: bool = False
+    cancelled_by: int | None = None

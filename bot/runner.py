@@ -1,10 +1,11 @@
-"""The job runner: the one background task that feeds the engine from the queue and keeps
-each job's channel message up to date.
+"""The job runner: the one background task that feeds the engine from the queue, and a
+task per job handed over that keeps that job's channel message up to date.
 
-Life of a job here: the runner waits until the queue holds a job, makes sure the engine
-is running (starting it if needed, retrying with backoff while it cannot start), takes the
-next job by the fair rule (`Scheduler.pop_nowait`), marks it running, submits it to the
-engine and turns the engine's events into edits of the job's progress message:
+Life of a job here: the runner waits until the queue holds a job and the engine has room,
+makes sure the engine is running (starting it if needed, retrying with backoff while it
+cannot start), takes the next job by the fair rule (`Scheduler.pop_nowait`), marks it
+running and submits it to the engine; then a task of its own turns the engine's events
+into edits of the job's progress message:
 
 - `Progress` -> every preview JPEG kept as a frame of the job's timelapse
   (`bot.timelapse`), and the newest one attached (shown as the embed image) with a progress
@@ -19,9 +20,22 @@ engine and turns the engine's events into edits of the job's progress message:
   posted the same way, with Retry buttons if it was not the user's doing (`bot.retry`).
 - `Cancelled` -> marked cancelled (not charged), shown in the same message.
 
+Several at once: the engine says in `Ready.capacity` how many jobs it optimises at once
+(ENGINE_BATCH; 1 for an engine that does not say), and the runner keeps up to that many
+handed over (`services.running`, in the order they were handed over), taking each next one
+by the same fair rule the moment one ends. Jobs are handed over one at a time, by the loop
+itself, so the engine receives them in the queue's order; the engine starts them in that
+order too (a job of another size than those computing waits until they end, and nothing
+overtakes it), so a waiting job is never passed over for ever. Every job keeps its own
+message, throttle, cancel, result or failure, frames and `Scheduler.finish`; a job the
+engine holds before its `Started` reads "Starting" and shows no iteration anywhere. While
+the engine is not ready the runner hands over at most one job (the others keep their
+place in the queue, where the queue notes tell them the engine is down), and it looks for
+room again when the engine is back.
+
 The job's message is written by `services.messages` (`bot.job_messages`); cancelling is
 `bot.cancel`, which meets the runner in `services.running`. The messages of the jobs still
-waiting are kept true by `bot.queue_notes` (`self.notes`): the runner writes only the job
+waiting are kept true by `bot.queue_notes` (`self.notes`): the runner writes only the jobs
 it has taken.
 
 Restarts: `restore()` (called from setup_hook, before any command can arrive) puts the
@@ -37,13 +51,13 @@ at once), or when the first job waits (tests). Once started, the engine client s
 (restarts) the worker itself.
 
 While the engine is down (a start or restart failed: a model file removed, say) nothing
-fails: the jobs wait, the queued ones in the queue and the current one in the engine
+fails: the jobs wait, the queued ones in the queue and those handed over in the engine
 client. A second task follows the engine's state (`Engine.wait_status_change`) and, only
-when it changes between down and ready, turns the current job's message into "the image
-engine is down; your image keeps its place" (never the reason: it can name the server's
-files; that goes to the log and `/status`) or back into "starting", and tells the queue
-notes, which do the same for every queued job. `_notes_lock` keeps those edits and the
-runner's own edits of the current job in order.
+when it changes between down and ready, turns the messages of the jobs handed over and not
+yet started into "the image engine is down; your image keeps its place" (never the reason:
+it can name the server's files; that goes to the log and `/status`) or back into
+"starting", and tells the queue notes, which do the same for every queued job.
+`_notes_lock` keeps those edits and the runner's own edits of those jobs in order.
 """
 
 from __future__ import annotations
@@ -59,11 +73,11 @@ from discord.ext import commands
 
 from bot import render
 from bot.engine_status import EngineState, EngineStatus
-from bot.jobs import FAIL_INPUT_MISSING, JOB_QUEUED_EVENT, Job, JobStatus
+from bot.jobs import FAIL_INPUT_MISSING, JOB_QUEUED_EVENT, Job, JobStatus, RunningJob
 from bot.queue_notes import QueueNotes
 from bot.requests import job_size
 from bot.retry import fail_unresumed
-from bot.services import RunningJob, Services
+from bot.services import Services
 from bot.store import JobStateError
 from bot.timelapse import discard_frames, keep_frame
 from engine import protocol
@@ -75,6 +89,9 @@ log = logging.getLogger(__name__)
 ENGINE_RETRY_DELAYS: tuple[float, ...] = (5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 #: Progress events per job asked of the engine; the edit throttle thins them further.
 PROGRESS_EVENTS_PER_JOB = 25
+#: The discord.py custom event that wakes the runner when the engine may have room: a job
+#: ended, or the engine is ready again (with its capacity).
+RUNNER_WAKE_EVENT = "vqc_runner_wake"
 
 
 @dataclass
@@ -111,9 +128,11 @@ class JobRunner:
         self._engine_started = False
         #: Whether waiting jobs' messages say the engine is down (changed under the lock).
         self._engine_down_shown = False
-        #: The current job once handed to the engine, until the engine's first event for
-        #: it: waiting like the queued ones, its message follows the engine's state too.
-        self._awaiting_engine: Job | None = None
+        #: Jobs handed to the engine, until the engine's first event for each: waiting like
+        #: the queued ones, their messages follow the engine's state too.
+        self._awaiting_engine: dict[str, Job] = {}
+        #: The task following each job handed over, by job id.
+        self._followers: dict[str, asyncio.Task[None]] = {}
         self._notes_lock = asyncio.Lock()
         #: Keeps the queued jobs' messages true (places, times, engine down).
         self.notes = QueueNotes(bot, services)
@@ -143,10 +162,11 @@ class JobRunner:
         self.notes.start()
 
     async def stop(self) -> None:
-        """Stop taking jobs. A job in progress stays `running` in the store, so the next
-        start resumes it; the engine itself is stopped by `Services.close`."""
+        """Stop taking jobs. Jobs in progress stay `running` in the store, so the next
+        start resumes them; the engine itself is stopped by `Services.close`."""
         await self.notes.stop()
-        for task in (self._task, self._watcher):
+        # The loop first, so that it hands over nothing more; then the jobs it handed over.
+        for task in (self._task, *list(self._followers.values()), self._watcher):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -169,26 +189,59 @@ class JobRunner:
                 await asyncio.sleep(1.0)
 
     async def _run_once(self) -> None:
-        """Wait for a job, make sure the engine runs, run the next job by the fair rule."""
+        """Wait for a job and room in the engine, make sure the engine runs, hand it the
+        next job by the fair rule and follow that job in a task of its own."""
         scheduler = self.services.scheduler
-        while len(scheduler) == 0:
-            # A discord.py custom event (dispatched by whoever queues a job) rather than
-            # the scheduler's own wait: anything can wake the runner without importing it.
-            await self.bot.wait_for(JOB_QUEUED_EVENT)
+        while len(scheduler) == 0 or not self._has_room():
+            # discord.py custom events (dispatched by whoever queues a job, by a job that
+            # ends, by the engine's watcher) rather than waits of our own: anything can wake
+            # the runner without importing it. No await between the check and the wait.
+            await self.bot.wait_for(JOB_QUEUED_EVENT if len(scheduler) == 0 else RUNNER_WAKE_EVENT)
         await self._ensure_engine()
+        if not self._has_room():  # the engine came up with less room than it had
+            return
         job = scheduler.pop_nowait()
         if job is None:  # cancelled while the engine was starting
             return
-        # No await between taking the job and making it the running one: a Cancel click
+        # No await between taking the job and making it a running one: a Cancel click
         # always finds it either in the queue or in `services.running`.
-        self.services.running = RunningJob(job.id, job.user_id, 0, job.iterations, time.time())
+        running = RunningJob(job.id, job.user_id, 0, job.iterations, time.time(),
+                             size=job_size(self.services.settings, job))
+        self.services.running[job.id] = running
+        begun = None
         try:
-            await self._process(job)
+            begun = await self._begin(job, running)
         finally:
-            self.services.running = None
-            # Whatever became of it, its message no longer holds a place in the queue.
-            self.services.messages.release(job.id)
-            scheduler.finish(job.id)
+            if begun is None:
+                self._end(job.id, done=False)
+        if begun is not None:
+            job, stream = begun
+            self._followers[job.id] = asyncio.create_task(
+                self._follow(job, running, stream), name=f"vqgan-clip job {job.id}")
+
+    def capacity(self) -> int:
+        """How many jobs the engine takes at once now: its `Ready.capacity` while it is
+        ready, else 1 (jobs wait in the queue, where their messages keep their place)."""
+        ready = self.services.engine.ready_info
+        return ready.capacity if ready is not None else 1
+
+    def _has_room(self) -> bool:
+        return len(self.services.running) < self.capacity()
+
+    def _wake(self) -> None:
+        self.bot.dispatch(RUNNER_WAKE_EVENT)
+
+    def _end(self, job_id: str, done: bool) -> None:
+        """A job taken from the queue has ended, however: free its place in the engine."""
+        self._awaiting_engine.pop(job_id, None)
+        if not done:  # failed, cancelled or interrupted: no result, no timelapse
+            discard_frames(self.services.results_dir, job_id)
+        self.services.running.pop(job_id, None)
+        # Whatever became of it, its message no longer holds a place in the queue.
+        self.services.messages.release(job_id)
+        self.services.scheduler.finish(job_id)
+        self._followers.pop(job_id, None)
+        self._wake()
 
     async def _ensure_engine(self) -> None:
         """Start the engine once; while it can't start, keep the jobs waiting and retry.
@@ -238,11 +291,12 @@ class JobRunner:
     async def _engine_changed(self, status: EngineStatus) -> None:
         """Down (a start or restart failed) and ready are what waiting users see;
         starting and restarting change nothing they see, so a quick restart, or a retry
-        that fails again, edits no message."""
+        that fails again, edits no message. Ready again, the engine has room again."""
         if status.state is EngineState.DOWN:
             down = True
         elif status.state is EngineState.READY:
             down = False
+            self._wake()
         else:
             return
         async with self._notes_lock:
@@ -253,7 +307,7 @@ class JobRunner:
             await self._retell_waiting(down)
 
     def _log_engine_change(self, status: EngineStatus) -> None:
-        waiting = len(self.services.scheduler) + (self._awaiting_engine is not None)
+        waiting = len(self.services.scheduler) + len(self._awaiting_engine)
         if status.state is EngineState.DOWN:
             log.error("the image engine is down; %d waiting job(s) keep their place and are "
                       "told so (without the reason). Last error: %s", waiting, status.last_error)
@@ -261,87 +315,113 @@ class JobRunner:
             log.info("the image engine is back; %d waiting job(s) shown their place again", waiting)
 
     async def _retell_waiting(self, down: bool) -> None:
-        """The current job's message (engine down, or starting), and the queued jobs'
-        through the queue notes. Called under the notes lock."""
-        current = self._awaiting_engine
-        if current is not None:
-            messages = self.services.messages
-            await (messages.engine_down(current) if down else messages.started(current))
+        """The messages of the jobs handed over and not started (engine down, or
+        starting), and the queued jobs' through the queue notes. Under the notes lock."""
+        messages = self.services.messages
+        for job in list(self._awaiting_engine.values()):
+            await (messages.engine_down(job) if down else messages.started(job))
         self.notes.set_engine_down(down)
 
     # ------------------------------------------------------------------ one job
 
-    async def _process(self, job: Job) -> None:
-        """Run one job to its end. Never raises (but for cancellation of the runner):
-        an unexpected error fails this job, with an apology naming its id, not the loop."""
-        messages = self.services.messages
-        running = self.services.running
-        assert running is not None and running.job_id == job.id
-        done = False
+    async def _begin(self, job: Job, running: RunningJob
+                     ) -> tuple[Job, AsyncIterator[protocol.JobEvent]] | None:
+        """Mark the job running and hand it to the engine: the job (as stored now) and its
+        events, or None if it ended here (cancelled meanwhile, its input image gone, a bug:
+        then it has been told). Run by the loop, one job at a time, so that the engine
+        receives jobs in the queue's order. Never raises but for the runner's cancellation."""
         try:
             try:
                 job = await self.services.store.mark_running(job.id)
             except JobStateError:  # cancelled between leaving the queue and now
-                return
+                return None
             # A run starts with no frames (those of a run the bot was killed in would mix
-            # with this one's), and keeps them only if it ends done (see `finally`).
+            # with this one's), and keeps them only if it ends done (see `_end`).
             discard_frames(self.services.results_dir, job.id)
             if running.cancel_requested:
                 await self._cancelled(job, running)
-                return
+                return None
             try:
                 submit = self._build_submit(job)
             except JobInputMissing as error:
                 await self._failed(job, str(error), FAIL_INPUT_MISSING)
-                return
+                return None
             stream = await self._hand_over(job, running, submit)
             if stream is None:
                 await self._cancelled(job, running)
-                return
+                return None
+            return job, stream
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("job %s failed unexpectedly", job.id)
+            await self._unexpected(job)
+            return None
+
+    async def _follow(self, job: Job, running: RunningJob,
+                      stream: AsyncIterator[protocol.JobEvent]) -> None:
+        """The task of one job handed over: its events to its end, then its place freed."""
+        done = False
+        try:
+            done = await self._events(job, running, stream)
+        finally:
+            self._end(job.id, done)
+
+    async def _events(self, job: Job, running: RunningJob,
+                      stream: AsyncIterator[protocol.JobEvent]) -> bool:
+        """Follow one job's events to its end; whether it ended done. Never raises (but
+        for cancellation of the runner): an unexpected error fails this job, with an
+        apology naming its id, not the others."""
+        messages = self.services.messages
+        try:
             throttle = ProgressThrottle(self.services.settings.progress_interval)
             async for event in stream:
-                if self._awaiting_engine is not None:
-                    await self._engine_answered()
-                if isinstance(event, protocol.Progress):
+                if job.id in self._awaiting_engine:
+                    await self._engine_answered(job.id)
+                if isinstance(event, protocol.Started):
+                    running.started = True
+                elif isinstance(event, protocol.Progress):
+                    running.started = True
                     await self._progress(job, running, event, throttle)
                 elif isinstance(event, protocol.Done):
                     await self._done(job, event)
-                    done = True
-                    return
+                    return True
                 elif isinstance(event, protocol.Failed):
                     if event.reason == protocol.FAIL_SHUTDOWN:
                         # The bot is stopping: leave the job `running` so the next start
                         # resumes it (requeue_running), and say so.
                         await messages.interrupted(job)
-                        return
+                        return False
                     await self._failed(job, event.message, event.reason)
-                    return
+                    return False
                 elif isinstance(event, protocol.Cancelled):
                     await self._cancelled(job, running)
-                    return
+                    return False
             raise RuntimeError("the engine's event stream ended without a result")
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("job %s failed unexpectedly", job.id)
-            await self._engine_answered()
-            with contextlib.suppress(Exception):
-                await self.services.engine.cancel(job.id)
-            try:
-                job = await self.services.store.mark_failed(job.id, f"internal error (job {job.id})",
-                                                            failure=protocol.FAIL_INTERNAL)
-            except Exception:
-                log.exception("job %s: could not mark it failed", job.id)
-            await self._moved(job, await messages.apology(job))
-        finally:
-            self._awaiting_engine = None
-            if not done:  # failed, cancelled or interrupted: no result, no timelapse
-                discard_frames(self.services.results_dir, job.id)
+            await self._unexpected(job)
+            return False
+
+    async def _unexpected(self, job: Job) -> None:
+        """A bug met this job: stop it in the engine, fail it uncharged, apologise."""
+        await self._engine_answered(job.id)
+        with contextlib.suppress(Exception):
+            await self.services.engine.cancel(job.id)
+        try:
+            job = await self.services.store.mark_failed(job.id, f"internal error (job {job.id})",
+                                                        failure=protocol.FAIL_INTERNAL)
+        except Exception:
+            log.exception("job %s: could not mark it failed", job.id)
+        await self._moved(job, await self.services.messages.apology(job))
 
     async def _hand_over(self, job: Job, running: RunningJob,
                          submit: protocol.Submit) -> AsyncIterator[protocol.JobEvent] | None:
         """Show the job as starting (or the engine as down) and submit it; None if it was
-        cancelled meanwhile.
+        cancelled meanwhile. "Starting" until the engine's first event: an engine that
+        batches may hold the job until there is room for it.
 
         Under the notes lock, so the engine's state cannot change between the message and
         `_awaiting_engine`. No await between the last cancel check, marking it submitted
@@ -354,14 +434,14 @@ class JobRunner:
             if running.cancel_requested:
                 return None
             running.submitted = True
-            self._awaiting_engine = job
+            self._awaiting_engine[job.id] = job
             return self.services.engine.submit(submit)
 
-    async def _engine_answered(self) -> None:
-        """The engine's first event for the current job: from now on its message is the
-        runner's alone (progress, result, failure), never an engine-down note."""
+    async def _engine_answered(self, job_id: str) -> None:
+        """The engine's first event for a job: from now on its message is the runner's
+        alone (progress, result, failure), never an engine-down note."""
         async with self._notes_lock:
-            self._awaiting_engine = None
+            self._awaiting_engine.pop(job_id, None)
 
     def _build_submit(self, job: Job) -> protocol.Submit:
         params = job.params

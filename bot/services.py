@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -19,6 +19,7 @@ from bot.config import Settings
 from bot.engine_client import EngineClient, worker_command_for
 from bot.engine_status import EngineStatus
 from bot.job_messages import JobMessages
+from bot.jobs import RunningJob as RunningJob  # plain data, kept importable from here
 from bot.quotas import QuotaPolicy
 from bot.scheduler import Scheduler
 from bot.store import Store
@@ -64,25 +65,6 @@ def worker_environment() -> dict[str, str]:
 
 
 @dataclass
-class RunningJob:
-    """The job between leaving the queue and its last event, as the job runner last heard
-    of it; `/queue` and ETAs read it, and a cancel is recorded on it."""
-
-    job_id: str
-    user_id: int
-    iteration: int
-    total: int
-    started_at: float
-    #: Measured on this job so far; None until the first progress event.
-    seconds_per_iteration: float | None = None
-    #: Whether the engine has been handed the job (a cancel must then go to the engine).
-    submitted: bool = False
-    #: Set when someone asked to cancel it; `cancelled_by` says who (None: unknown).
-    cancel_requested: bool = False
-    cancelled_by: int | None = None
-
-
-@dataclass
 class Services:
     """Everything a cog needs besides discord.py itself."""
 
@@ -94,8 +76,9 @@ class Services:
     results_dir: Path
     #: Writes each job's channel message (its buttons come from the app's views).
     messages: JobMessages
-    #: Set by the job runner while a job computes; None when the engine is idle.
-    running: RunningJob | None = None
+    #: The jobs the job runner has taken from the queue and not yet ended, by job id, in
+    #: the order it handed them to the engine (up to its capacity, `Ready.capacity`).
+    running: dict[str, RunningJob] = field(default_factory=dict)
 
     @classmethod
     async def open(

@@ -264,12 +264,11 @@ class Admin(commands.Cog):
         services = self.bot.services
         today = render.utc_day_start(services.quotas.clock())
         finished = await services.store.count_finished_since(today)
-        running = services.running
         settings = services.settings
         embed = render.status_embed(
             services.engine.status,
             queued=len(services.scheduler),
-            running=None if running is None else (running.job_id, running.iteration, running.total),
+            running=list(services.running.values()),
             finished_today={status.value: count for status, count in finished.items()},
             configured_models=(settings.vqgan_model, settings.clip_model),
         )

@@ -225,28 +225,26 @@ async def queue_text(services: Services, user_id: int) -> str:
     image" with its progress, which is all anyone needs to judge the wait. The same holds
     for other people's queued jobs: they are only counted.
     """
-    store, scheduler, running = services.store, services.scheduler, services.running
+    store, scheduler = services.store, services.scheduler
     now = store.clock()
     speed = await seconds_per_iteration(services)
-    running_left = running_remaining(running, speed)
+    running_jobs = list(services.running.values())
     queued = scheduler.queued_jobs()
 
-    if running is None and not queued:
+    if not running_jobs and not queued:
         return "The queue is empty and nothing is running: a new image starts right away."
 
     lines: list[str] = []
-    if running is None:
-        lines.append("**Running now:** nothing.")
-    else:
+    running_lines = []
+    for running in running_jobs:
         own_job: Job | None = None
         if running.user_id == user_id:
             own_job = await store.get_job(running.job_id)
         whose = f"your image {quoted(own_job.prompt, PROMPT_PREVIEW_CHARS)}" if own_job else (
             "your image" if running.user_id == user_id else "another member's image"
         )
-        progress = f"{running.iteration}/{running.total} iterations"
-        left = f", about {format_duration(running_left)} left" if running_left else ""
-        lines.append(f"**Running now:** {whose}: {progress}{left}.")
+        running_lines.append(render.queue_running_line(whose, running, running_remaining(running, speed)))
+    lines.append(render.queue_running_now(running_lines))
 
     noun = "image" if len(queued) == 1 else "images"
     lines.append(f"**Waiting:** {len(queued)} {noun} in the queue.")

@@ -34,12 +34,13 @@ MAX_CHOICES = 25
 
 def job_status(services: Services, job: Job) -> str:
     """The job's state as `/jobs` shows it: its place in the queue, its progress."""
-    running = services.running
+    running = services.running.get(job.id)
     progress = None
-    if running is not None and running.job_id == job.id:
+    if running is not None and running.started:
         progress = (running.iteration, running.total)
     return render.job_status_text(job, position=services.scheduler.position(job.id),
-                                  progress=progress)
+                                  progress=progress,
+                                  starting=running is not None and not running.started)
 
 
 class Jobs(commands.Cog):

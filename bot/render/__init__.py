@@ -19,6 +19,7 @@ One module per feature, re-exported here, in this order:
   Info, Timelapse, Retry);
 - `your_jobs`: `/jobs` and `/cancel`;
 - `settings`: `/settings`, members' own defaults;
+- `running`: the jobs the engine has now, as `/queue`, `/status` and `/jobs` name them;
 - `status`, `blocklist`, `stats`: the admins' `/status`, `/blocklist` and `/stats`.
 
 The modules under `bot.render` import only plain data (`bot.jobs`, `bot.quota_status`,
@@ -178,12 +179,17 @@ from bot.render.settings import (
     usage_defaults,
 )
 
+# ---- the jobs the engine has now: /queue, /status, /jobs
+from bot.render.running import STARTING, queue_running_line, queue_running_now
+
 # ---- /status (admins)
 from bot.render.status import (
     STATUS_COLOURS,
     STATUS_ERROR_LIMIT,
+    STATUS_RUNNING_LIMIT,
     code_block,
     status_embed,
+    status_running_line,
     utc_day_start,
 )
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import discord
 
 from bot.engine_status import EngineState, EngineStatus
+from bot.jobs import RunningJob
+from bot.render.running import STARTING
 from bot.render.text import COLOUR_CANCELLED, COLOUR_DONE, COLOUR_FAILED, discord_relative_time
 
 #: How much of the engine's last error `/status` shows (an embed field holds 1024).
 STATUS_ERROR_LIMIT = 900
+#: How many of the jobs the engine has `/status` names one by one (a field holds 1024).
+STATUS_RUNNING_LIMIT = 16
 STATUS_COLOURS: dict[EngineState, discord.Colour] = {
     EngineState.READY: COLOUR_DONE,
     EngineState.STARTING: discord.Colour.orange(),
@@ -46,19 +50,50 @@ def _engine_models(engine: EngineStatus, configured: tuple[str, str]) -> tuple[s
     return f"`{ready.device}`{pid}{note}", f"VQGAN `{ready.vqgan}`, CLIP `{ready.clip}`{note}"
 
 
+def _engine_capacity(engine: EngineStatus) -> str:
+    """How many jobs the engine optimises at once: the live worker's, else the last one's."""
+    ready, note = engine.ready, ""
+    if ready is None and engine.last_ready is not None:
+        ready, note = engine.last_ready, " (when it last ran)"
+    if ready is None:
+        return "not known until the engine starts"
+    if ready.capacity == 1:
+        return f"1 image at a time{note}"
+    return f"{ready.capacity} images at once{note}"
+
+
+def status_running_line(running: RunningJob) -> str:
+    """One job the engine has: its id and iteration, or that it is starting."""
+    state = f"iteration {running.iteration}/{running.total}" if running.started else STARTING
+    return f"job `{running.job_id}`, {state}"
+
+
+def _running_text(running: Sequence[RunningJob]) -> str:
+    if not running:
+        return "nothing running"
+    if len(running) == 1:
+        return status_running_line(running[0])
+    shown = [status_running_line(job) for job in running[:STATUS_RUNNING_LIMIT]]
+    more = len(running) - len(shown)
+    return (f"{len(running)} running:\n" + "\n".join(shown)
+            + (f"\n… and {more} more" if more else ""))
+
+
 def status_embed(
     engine: EngineStatus,
     *,
     queued: int,
-    running: tuple[str, int, int] | None,
+    running: Sequence[RunningJob],
     finished_today: Mapping[str, int],
     configured_models: tuple[str, str],
 ) -> discord.Embed:
-    """`/status`, for admins only: the engine (state, device, models, restarts, the last
-    error in full, paths and all), the queue, and the jobs that ended today (UTC).
+    """`/status`, for admins only: the engine (state, device, models, how many jobs it
+    runs at once, restarts, the last error in full, paths and all), the queue and every
+    job the engine has, and the jobs that ended today (UTC).
 
-    `running` is (job id, iteration, total) of the job that left the queue, if any;
-    `finished_today` counts jobs by final status ("done", "failed", "cancelled")."""
+    `running` are the jobs that left the queue and have not ended, in the order they were
+    handed over; `finished_today` counts jobs by final status ("done", "failed",
+    "cancelled")."""
     embed = discord.Embed(title="Image engine status",
                           colour=STATUS_COLOURS.get(engine.state, COLOUR_CANCELLED))
     restarts = {0: "no restarts", 1: "restarted once"}.get(engine.restarts,
@@ -68,12 +103,8 @@ def status_embed(
     device, models = _engine_models(engine, configured_models)
     embed.add_field(name="Device", value=device)
     embed.add_field(name="Models", value=models)
-    if running is None:
-        current = "nothing running"
-    else:
-        job_id, iteration, total = running
-        current = f"job `{job_id}`, iteration {iteration}/{total}"
-    embed.add_field(name="Queue", value=f"{queued} waiting · {current}", inline=False)
+    embed.add_field(name="Capacity", value=_engine_capacity(engine))
+    embed.add_field(name="Queue", value=f"{queued} waiting · {_running_text(running)}", inline=False)
     counts = " · ".join(f"{finished_today.get(status, 0)} {status}"
                         for status in ("done", "failed", "cancelled"))
     embed.add_field(name="Today (since 00:00 UTC)", value=counts, inline=False)

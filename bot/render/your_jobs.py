@@ -6,6 +6,7 @@ import discord
 
 from bot.jobs import Job, JobStatus
 from bot.render.job_messages import job_link
+from bot.render.running import STARTING
 from bot.render.text import COLOUR_RUNNING, discord_relative_time, quoted
 
 #: How many jobs `/jobs` lists before "… and N more".
@@ -22,11 +23,14 @@ def cancel_label(job: Job) -> str:
 
 
 def job_status_text(job: Job, *, position: int | None = None,
-                    progress: tuple[int, int] | None = None) -> str:
-    """A job's state in one phrase: `waiting (#2)`, `running 40%`, `done 3 min ago`, …
-    (`position` in the queue and `progress` (iteration, total) where known)."""
+                    progress: tuple[int, int] | None = None, starting: bool = False) -> str:
+    """A job's state in one phrase: `waiting (#2)`, `starting`, `running 40%`, `done 3 min
+    ago`, … (`position` in the queue and `progress` (iteration, total) where known;
+    `starting`: handed to the engine, which has not started it yet)."""
     if job.status is JobStatus.QUEUED:
         return f"waiting (#{position})" if position is not None else "waiting"
+    if job.status is JobStatus.RUNNING and starting:
+        return STARTING
     if job.status is JobStatus.RUNNING:
         if progress is None or progress[1] <= 0:
             return "running"

@@ -3,8 +3,13 @@ SimCord world (`running_world`) the generation tests run the real bot in.
 
 It answers every `Submit` the way the real engine does (Started, a few Progress events with
 real JPEG previews, then Done with a real PNG of the requested size), and can be told to
-fail, to refuse to start, or to hold jobs until the test releases them (to test cancel
-and queue order). It records every `Submit` it received.
+fail, to refuse to start, or to hold jobs until the test releases them (all, or one by
+one: to test cancel and queue order). It records every `Submit` it received, and the order
+it started them in.
+
+It starts jobs by the real engine's batching rule (`engine/batching.py`): up to `capacity`
+at once (its `Ready.capacity`), only jobs of one size together, in the order they came; a
+job of another size waits until the batch has drained, and nothing behind it starts first.
 
 It keeps the engine's state as `bot.engine_client.EngineClient` does (`status`,
 `wait_status_change`, the same `EngineState`s), and behaves the same way when the engine
@@ -96,6 +101,7 @@ class FakeEngine:
         progress_steps: int = 4,
         step_delay: float = 0.0,
         hold_at_step: int = 0,
+        capacity: int = 1,
     ) -> None:
         self.fail_with = fail_with
         self.fail_reason = fail_reason
@@ -104,6 +110,16 @@ class FakeEngine:
         self.step_delay = step_delay
         #: Where a blocked engine holds a job: 0 = before any progress, N = after N events.
         self.hold_at_step = hold_at_step
+        #: Jobs optimised at once (`Ready.capacity`).
+        self.capacity = capacity
+        #: Job ids in the order they started (sent `Started`).
+        self.started: list[str] = []
+        #: Jobs submitted and not started yet, in the order they came.
+        self._line: list[str] = []
+        #: The jobs computing now, with their size: one size at a time.
+        self._batch: dict[str, tuple[int, int]] = {}
+        #: Jobs a blocked engine lets finish (`release_job`).
+        self._released: set[str] = set()
         self.submits: list[protocol.Submit] = []
         self.start_calls = 0
         self.closed = False
@@ -138,13 +154,26 @@ class FakeEngine:
         self._gate.set()
         self._wake_all()
 
+    def release_job(self, job_id: str) -> None:
+        """Let one held job (only that one) finish."""
+        self._released.add(job_id)
+        waker = self._wakers.get(job_id)
+        if waker is not None:
+            waker.set()
+
     def block(self) -> None:
         self._gate.clear()
+
+    @property
+    def computing(self) -> list[str]:
+        """The jobs started and not ended, in the order they started."""
+        return list(self._batch)
 
     def go_down(self, error: str = START_ERROR) -> None:
         """The worker dies and every restart fails (its model file was removed, say): as
         the real client, restarting, then down with `error` as the last error."""
         self._deaths += 1
+        self._batch.clear()  # every job computing dies with it
         self._record_error(error)
         self._set_state(EngineState.RESTARTING)
         self._set_state(EngineState.DOWN)
@@ -192,7 +221,8 @@ class FakeEngine:
             self._record_error(START_ERROR)
             self._set_state(EngineState.DOWN)
             raise FakeEngineStartError(START_ERROR)
-        self._ready = protocol.Ready(protocol.PROTOCOL_VERSION, "cpu", "fake_vqgan", "fake_clip", 1)
+        self._ready = protocol.Ready(protocol.PROTOCOL_VERSION, "cpu", "fake_vqgan", "fake_clip", 1,
+                                     capacity=self.capacity)
         self._set_state(EngineState.READY)
         return self._ready
 
@@ -246,18 +276,37 @@ class FakeEngine:
         """Wait until released, this job is cancelled, or the engine dies."""
         self.holding = job_id
         try:
-            while not (self._gate.is_set() or job_id in self._cancelled or self._deaths != deaths):
+            while not (self._gate.is_set() or job_id in self._released
+                       or job_id in self._cancelled or self._deaths != deaths):
                 await self._sleep(job_id, "fake engine holding a job")
         finally:
             self.holding = None
 
+    def _may_start(self, job: protocol.Submit) -> bool:
+        """The engine's batching rule: first in line, and room in a batch of its size."""
+        if self._state is not EngineState.READY or self._line[0] != job.job:
+            return False
+        size = (job.width, job.height)
+        return not self._batch or (size in self._batch.values() and len(self._batch) < self.capacity)
+
+    def _end(self, job_id: str) -> None:
+        """The job leaves the batch (before its last event: a reader may stop there)."""
+        self._batch.pop(job_id, None)
+        self._wake_all()
+
     async def _events(self, job: protocol.Submit) -> AsyncIterator[protocol.JobEvent]:
-        # Not started while the engine is down: the job waits, as in the real client.
-        while self._state is not EngineState.READY and job.job not in self._cancelled:
-            await self._sleep(job.job, "fake engine down, a job waiting for it")
-        if self._state is not EngineState.READY:
+        # Not started while the engine is down (the job waits, as in the real client), nor
+        # before there is room for it by the batching rule.
+        self._line.append(job.job)
+        while not self._may_start(job) and job.job not in self._cancelled:
+            await self._sleep(job.job, "fake engine: a job waiting to start")
+        self._line.remove(job.job)
+        if job.job in self._cancelled:
+            self._wake_all()
             yield protocol.Cancelled(job.job)
             return
+        self._batch[job.job] = (job.width, job.height)
+        self.started.append(job.job)
         deaths = self._deaths
         crashed = protocol.Failed(job.job, ENGINE_CRASHED, protocol.FAIL_CRASH)
         yield protocol.Started(job.job)
@@ -268,14 +317,17 @@ class FakeEngine:
             if self.step_delay:
                 await asyncio.sleep(self.step_delay)
             if self._deaths != deaths:
+                self._end(job.job)
                 yield crashed
                 return
             if job.job in self._cancelled:
+                self._end(job.job)
                 yield protocol.Cancelled(job.job)
                 return
             iteration = max(1, job.iterations * step // steps)
             yield protocol.Progress(job.job, iteration, job.iterations, loss=1.0 / step,
                                     elapsed=0.5 * iteration, preview=jpeg_bytes(colour=(10 * step, 80, 40)))
+        self._end(job.job)
         if self.fail_with is not None:
             yield protocol.Failed(job.job, self.fail_with, self.fail_reason)
             return

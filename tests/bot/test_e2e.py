@@ -134,7 +134,7 @@ async def test_a_job_whose_worker_is_killed_gets_retry_and_the_retry_succeeds(
         (job,) = await world.services.store.jobs_with_status()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + JOB_TIMEOUT
-        while (world.services.running is None or world.services.running.iteration < 1):
+        while job.id not in world.services.running or world.services.running[job.id].iteration < 1:
             assert loop.time() < deadline, "the job never reported progress"
             await asyncio.sleep(0.01)
         ready = real_engine.ready_info

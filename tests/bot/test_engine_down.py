@@ -86,7 +86,7 @@ async def test_waiting_jobs_are_not_failed_and_keep_their_place_while_the_engine
         # "next" was handed to the engine, which holds it until it is back; "later" is
         # still first in the queue.
         assert (await job_now(world, jobs.next)).status is JobStatus.RUNNING
-        assert world.services.running.job_id == jobs.next.id
+        assert list(world.services.running) == [jobs.next.id]
         assert (await job_now(world, jobs.later)).status is JobStatus.QUEUED
         assert world.services.scheduler.position(jobs.later.id) == 1
 
@@ -141,7 +141,7 @@ async def test_a_job_waiting_for_the_engine_can_be_cancelled() -> None:
         await world.env.settle()
 
         assert (await job_now(world, jobs.next)).status is JobStatus.CANCELLED
-        assert world.services.running.job_id == jobs.later.id  # the next one waits now
+        assert list(world.services.running) == [jobs.later.id]  # the next one waits now
 
 
 # --- the engine is back ----------------------------------------------------------------------

@@ -114,9 +114,9 @@ async def test_queue_with_a_running_job_shows_its_progress_and_counts_it_in_the_
     await server.finish_one(server.bob)
     running = await server.add_job(server.bob, "bob's private dragon")
     await server.services.store.mark_running(running.id)
-    server.services.running = RunningJob(
+    server.services.running[running.id] = RunningJob(
         job_id=running.id, user_id=server.bob.id, iteration=100, total=400,
-        started_at=time.time() - 60, seconds_per_iteration=0.4,
+        started_at=time.time() - 60, seconds_per_iteration=0.4, started=True,
     )
     await server.queue(server.alice, "a lighthouse")
 
@@ -132,14 +132,35 @@ async def test_queue_with_a_running_job_shows_its_progress_and_counts_it_in_the_
 async def test_queue_shows_my_own_running_prompt(server: Server) -> None:
     running = await server.add_job(server.alice, "my own dragon")
     await server.services.store.mark_running(running.id)
-    server.services.running = RunningJob(
+    server.services.running[running.id] = RunningJob(
         job_id=running.id, user_id=server.alice.id, iteration=10, total=400, started_at=time.time(),
+        started=True,
     )
 
     text = reply(await server.alice.slash(server.channel, "queue"))
 
     assert "your image “my own dragon”: 10/400 iterations" in text
     assert "You have no images waiting" in text
+
+
+async def test_queue_shows_each_job_running_at_once_and_one_not_started_as_starting(server: Server) -> None:
+    computing = await server.add_job(server.bob, "bob's dragon")
+    held = await server.add_job(server.alice, "my wide castle")
+    for job in (computing, held):
+        await server.services.store.mark_running(job.id)
+    server.services.running[computing.id] = RunningJob(
+        job_id=computing.id, user_id=server.bob.id, iteration=100, total=400,
+        started_at=time.time(), seconds_per_iteration=0.4, started=True,
+    )
+    server.services.running[held.id] = RunningJob(
+        job_id=held.id, user_id=server.alice.id, iteration=0, total=400, started_at=time.time(),
+    )
+
+    text = reply(await server.alice.slash(server.channel, "queue"))
+
+    assert ("**Running now:** 2 images at once:\n"
+            "• another member's image: 100/400 iterations, about 2 min left.\n"
+            "• your image “my wide castle”: starting.") in text
 
 
 async def test_queue_without_any_finished_job_has_no_time_estimate(server: Server) -> None:

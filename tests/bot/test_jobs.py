@@ -199,3 +199,13 @@ def test_an_autocomplete_choice_fits_discords_limit_whatever_the_prompt() -> Non
     name = job_choice_name(job)
     assert len(name) <= CHOICE_NAME_LIMIT and name.endswith("…") and "\n" not in name
     assert name.startswith("k3q7xm2a · waiting · a very long prompt")
+
+
+async def test_jobs_says_starting_for_a_job_the_engine_holds_before_it_starts() -> None:
+    async with running_world(FakeEngine(capacity=2, blocked=True)) as world:
+        await world.bob.slash(world.channel, "imagine", prompt="square")
+        await world.alice.slash(world.channel, "imagine", prompt="wide", size="wide")  # waits for the square
+
+        text, _ = listing(await world.alice.slash(world.channel, "jobs"))
+
+        assert "**starting**" in text and "running" not in text

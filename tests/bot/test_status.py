@@ -104,3 +104,32 @@ async def test_help_tells_admins_about_status() -> None:
 
         assert any(f.name == HELP_ADMIN_FIELD[0] and "/status" in f.value for f in embed.fields)
 
+
+
+async def test_status_shows_how_many_jobs_the_engine_runs_at_once() -> None:
+    async with running_world(FakeEngine(capacity=3), warm_engine=True) as world:
+        await world.env.settle()
+
+        fields = await status(world)
+
+        assert fields["Capacity"] == "3 images at once"
+
+
+async def test_status_of_an_engine_that_runs_one_job_at_a_time_says_so() -> None:
+    async with running_world(FakeEngine(), warm_engine=True) as world:
+        await world.env.settle()
+
+        assert (await status(world))["Capacity"] == "1 image at a time"
+
+
+async def test_status_lists_every_running_job() -> None:
+    async with running_world(FakeEngine(capacity=3, blocked=True)) as world:
+        for member in (world.alice, world.bob, world.mod):
+            await member.slash(world.channel, "imagine", prompt=f"by {member.name}")
+        running = await world.services.store.jobs_with_status(JobStatus.RUNNING)
+
+        fields = await status(world)
+
+        assert fields["Queue"].startswith("0 waiting · 3 running:")
+        for job in running:
+            assert f"job `{job.id}`, iteration 0/{job.iterations}" in fields["Queue"]
