@@ -48,3 +48,16 @@ def out_of_memory_advice(size: tuple[int, int], factor: int = 16, memory: str = 
     small_width, small_height = smaller_size(size, factor)
     return (f"out of {memory} memory at {width}x{height}; try {small_width}x{small_height} "
             "or smaller, or fewer cutouts")
+
+
+# -- the engine's throughput settings (issue 13); the worker's --batch and --compile ---------
+
+#: `ENGINE_BATCH` (`vqgan-clip worker --batch N`): how many jobs the engine optimises at
+#: once, as one batch; 1 turns batching off. The engine advertises it in `ready.capacity`.
+DEFAULT_BATCH = 1
+MAX_BATCH = 64
+
+#: `ENGINE_COMPILE` (`vqgan-clip worker --compile`): compile the loop (engine/compiling.py).
+#: `auto` compiles on CUDA, where it pays; `on` on any device; `off` never.
+COMPILE_MODES = ("auto", "off", "on")
+DEFAULT_COMPILE = "auto"
