@@ -16,8 +16,8 @@ refused by the engine for its size. The engine turns images upright by their EXI
 orientation; `CheckedImage.width/height` are already the upright sides, so a size picked
 from them fits what the engine will see. The bytes themselves are kept as uploaded.
 
-Every failure is an `AttachmentError` whose message says what was wrong and how to fix
-it, fit to show the user as is.
+Every failure is an `AttachmentError` whose message (`bot.render.attachments`) says what
+was wrong and how to fix it, fit to show the user as is.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from pathlib import Path, PurePosixPath
 import discord
 from PIL import ExifTags, Image, ImageFile
 
+from bot import render
 from bot.errors import UserError
-from bot.render import quoted, user_text
 from engine.limits import DEFAULT_MAX_IMAGE_BYTES
 
 #: Formats the engine decodes, by Pillow format name -> file extension used on disk.
@@ -55,8 +55,6 @@ INPUTS_DIR = "inputs"
 #: 90°): upright, its width and height are swapped.
 _QUARTER_TURNS = frozenset({5, 6, 7, 8})
 
-_FORMATS_TEXT = "PNG, JPEG, WebP or GIF"
-
 
 class AttachmentError(UserError):
     """The attachment cannot be used. `str(e)` says why and how to fix it."""
@@ -73,26 +71,9 @@ class CheckedImage:
     height: int
 
 
-def shown_name(filename: str | None) -> str:
-    """A file name as messages show it: quoted, shortened, and unable to ping anyone or
-    break the layout (it is text the user chose)."""
-    return quoted(filename, 80) if filename else "the file"
-
-
-def _megabytes(size: int) -> str:
-    return f"{size / (1024 * 1024):.1f} MB"
-
-
-def _too_large(name: str, size: int, max_bytes: int) -> AttachmentError:
-    return AttachmentError(
-        f"{name} is {_megabytes(size)}; the limit is {_megabytes(max_bytes)}. "
-        "Save it smaller (e.g. as a JPEG, or scaled down) and attach it again."
-    )
-
-
 def check_metadata(attachment: discord.Attachment, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> None:
     """The checks that need no download: type, byte size and (when known) pixel count."""
-    name = shown_name(attachment.filename)
+    name = attachment.filename
     extension = PurePosixPath((attachment.filename or "").lower()).suffix
     content_type = (attachment.content_type or "").split(";")[0].strip().lower()
     if content_type:
@@ -100,30 +81,12 @@ def check_metadata(attachment: discord.Attachment, *, max_bytes: int = DEFAULT_M
     else:
         is_image = extension in ALLOWED_EXTENSIONS
     if not is_image:
-        raise AttachmentError(
-            f"{name} is not an image I can use ({user_text(content_type or 'unknown type', 60)}). "
-            f"Attach a {_FORMATS_TEXT} picture instead."
-        )
+        raise AttachmentError(render.attachment_not_an_image(name, content_type))
     if attachment.size > max_bytes:
-        raise _too_large(name, attachment.size, max_bytes)
+        raise AttachmentError(render.attachment_too_large(name, attachment.size, max_bytes))
     width, height = attachment.width, attachment.height
     if width and height and width * height > MAX_PIXELS:
-        raise AttachmentError(_too_many_pixels(name, width, height))
-
-
-def _too_many_pixels(name: str, width: int, height: int) -> str:
-    side = int(MAX_PIXELS ** 0.5)
-    return (
-        f"{name} is {width}×{height} pixels; the limit is {MAX_PIXELS:,} pixels "
-        f"(e.g. {side}×{side}). Scale it down and attach it again."
-    )
-
-
-def _unreadable(name: str) -> AttachmentError:
-    return AttachmentError(
-        f"{name} could not be read as an image (it may be damaged or not a picture). "
-        f"Attach a {_FORMATS_TEXT} file."
-    )
+        raise AttachmentError(render.attachment_too_many_pixels(name, width, height, MAX_PIXELS))
 
 
 _strict_lock = threading.Lock()
@@ -159,34 +122,28 @@ def check_bytes(
     that one. Blocking (up to a few hundred ms for the largest images): from async code
     use `fetch_image`, which runs it in a thread.
     """
-    name = shown_name(name)
     if len(data) > max_bytes:
-        raise _too_large(name, len(data), max_bytes)
+        raise AttachmentError(render.attachment_too_large(name, len(data), max_bytes))
     with _strict_decoding():
         try:
             image = Image.open(io.BytesIO(data))  # reads the header only
         except Image.DecompressionBombError:
-            raise AttachmentError(
-                f"{name} has far too many pixels; the limit is {MAX_PIXELS:,}. Scale it down."
-            ) from None
+            raise AttachmentError(render.attachment_far_too_many_pixels(name, MAX_PIXELS)) from None
         except Exception:  # Pillow raises many kinds for garbage input; all mean "not an image"
-            raise _unreadable(name) from None
+            raise AttachmentError(render.attachment_unreadable(name)) from None
         with image:
             image_format = image.format or ""
             extension = ALLOWED_FORMATS.get(image_format)
             if extension is None:
-                raise AttachmentError(
-                    f"{name} is a {image_format or 'unknown'} image; I can use {_FORMATS_TEXT}. "
-                    "Convert it and attach it again."
-                )
+                raise AttachmentError(render.attachment_wrong_format(name, image_format))
             width, height = image.size
             if width <= 0 or height <= 0 or width * height > MAX_PIXELS:
-                raise AttachmentError(_too_many_pixels(name, width, height))
+                raise AttachmentError(render.attachment_too_many_pixels(name, width, height, MAX_PIXELS))
             try:
                 image.load()
                 orientation = image.getexif().get(ExifTags.Base.Orientation)
             except Exception:  # truncated, corrupt data, bad CRC, broken EXIF: all unreadable
-                raise _unreadable(name) from None
+                raise AttachmentError(render.attachment_unreadable(name)) from None
     if orientation in _QUARTER_TURNS:
         width, height = height, width
     return CheckedImage(data=data, extension=extension, width=width, height=height)
@@ -203,10 +160,8 @@ async def fetch_image(
     try:
         data = await attachment.read()
     except (discord.HTTPException, discord.NotFound) as error:
-        raise AttachmentError(
-            f"{shown_name(attachment.filename)} could not be downloaded from Discord ({error.__class__.__name__}). "
-            "Attach it again."
-        ) from None
+        raise AttachmentError(render.attachment_not_downloaded(
+            attachment.filename, error.__class__.__name__)) from None
     # Decoding the largest images takes a few hundred ms: not on the loop every command shares.
     return await asyncio.to_thread(check_bytes, data, attachment.filename, max_bytes=max_bytes)
 

@@ -10,6 +10,7 @@ before submitting, when it sees the mark).
 
 from __future__ import annotations
 
+from bot import render
 from bot.services import Services
 from bot.store import JobStateError
 
@@ -21,22 +22,22 @@ async def cancel_job(services: Services, job_id: str, *, by_user_id: int | None 
             job = await services.store.mark_cancelled(job_id)
         except JobStateError as error:
             services.messages.release(job_id)  # out of the queue: its place is free
-            return f"Job `{job_id}` could not be cancelled: it is {error.current.value}."
+            return render.cancel_lost_race(job_id, error.current.value)
         await services.messages.cancelled(job, by_user_id)
-        return f"Cancelled job `{job_id}` before it started. It was not charged."
+        return render.cancelled_before_start(job_id)
     running = services.running
     if running is not None and running.job_id == job_id:
         running.cancel_requested = True
         running.cancelled_by = by_user_id
         if running.submitted:
             await services.engine.cancel(job_id)
-        return f"Stopping job `{job_id}`… It will not be charged."
+        return render.stopping(job_id)
     stored = await services.store.get_job(job_id)
     if stored is None:
-        return f"I have no record of job `{job_id}`."
+        return render.no_record_of_job(job_id)
     if stored.status.is_finished:
-        return f"Job `{job_id}` has already {stored.status.value}."
+        return render.already_ended(job_id, stored.status.value)
     # Queued in the store but in no queue (should not happen): settle it.
     cancelled = await services.store.mark_cancelled(job_id)
     await services.messages.cancelled(cancelled, by_user_id)
-    return f"Cancelled job `{job_id}`. It was not charged."
+    return render.cancelled(job_id)

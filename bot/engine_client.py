@@ -15,7 +15,7 @@ Usage:
 
 Supervision: the worker is watched for EOF on its stdout, its exit, and missed pongs (a
 hung worker is killed). When it dies:
-- a job that had `started` ends with `Failed(reason="crash")` and `CRASH_MESSAGE`;
+- a job that had `started` ends with `Failed(reason="crash")` and `render.ENGINE_CRASHED`;
 - a job that was submitted but had not started is *resubmitted* to the restarted worker
   (friendlier than failing it: it never ran, so nothing about it caused the crash);
 - a job whose cancel was asked ends with `Cancelled`;
@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bot import render
 from bot.config import Settings
 from bot.engine_status import EngineState, EngineStatus
 from engine import protocol as p
@@ -59,10 +60,6 @@ from engine import protocol as p
 log = logging.getLogger(__name__)
 worker_log = logging.getLogger("bot.engine_worker")
 
-#: What a user is told when the engine died under their job.
-CRASH_MESSAGE = "the engine crashed and was restarted; you were not charged"
-#: What a user is told when the bot shut down before their job ran.
-SHUTDOWN_MESSAGE = "the engine was shut down before your job finished; you were not charged"
 #: After its stdout ends, a worker gets this long to exit by itself before it is killed.
 EXIT_GRACE_SECONDS = 5.0
 #: A worker that stayed up this long resets the restart backoff.
@@ -376,7 +373,7 @@ class EngineClient:
         for task in list(self._tasks):
             task.cancel()
         for state in list(self._jobs.values()):
-            self._finish(state, p.Failed(state.submit.job, SHUTDOWN_MESSAGE, p.FAIL_SHUTDOWN))
+            self._finish(state, p.Failed(state.submit.job, render.ENGINE_SHUT_DOWN, p.FAIL_SHUTDOWN))
 
     # ---- launching ---------------------------------------------------------------------
 
@@ -595,8 +592,7 @@ class EngineClient:
             log.error("engine error%s: %s", f" (job {message.job})" if message.job else "",
                       message.message)
             if state is not None and not state.started:
-                self._finish(state, p.Failed(state.submit.job,
-                                             f"the engine refused this job: {message.message}",
+                self._finish(state, p.Failed(state.submit.job, render.engine_refused(message.message),
                                              p.FAIL_REJECTED))
             return
         job = getattr(message, "job", None)
@@ -612,7 +608,7 @@ class EngineClient:
         if isinstance(message, p.Cancelled) and self._closing and not state.cancel_requested:
             # The worker cancels everything at shutdown; to the bot that is not a user's
             # cancel but an interruption (requeue it on the next start).
-            message = p.Failed(state.submit.job, SHUTDOWN_MESSAGE, p.FAIL_SHUTDOWN)
+            message = p.Failed(state.submit.job, render.ENGINE_SHUT_DOWN, p.FAIL_SHUTDOWN)
         if isinstance(message, p.TERMINAL_EVENTS):
             self._finish(state, message)
         else:
@@ -627,14 +623,14 @@ class EngineClient:
                 future.set_exception(RuntimeError("the engine is not running"))
         if self._closing:
             for state in list(self._jobs.values()):
-                self._finish(state, p.Failed(state.submit.job, SHUTDOWN_MESSAGE, p.FAIL_SHUTDOWN))
+                self._finish(state, p.Failed(state.submit.job, render.ENGINE_SHUT_DOWN, p.FAIL_SHUTDOWN))
             return
         log.error("engine (pid %s) lost: %s", worker.process.pid, reason)
         for state in list(self._jobs.values()):
             if state.cancel_requested:
                 self._finish(state, p.Cancelled(state.submit.job))
             elif state.started:
-                self._finish(state, p.Failed(state.submit.job, CRASH_MESSAGE, p.FAIL_CRASH))
+                self._finish(state, p.Failed(state.submit.job, render.ENGINE_CRASHED, p.FAIL_CRASH))
             else:
                 state.sent_to = 0  # resubmitted to the next worker
 
@@ -689,8 +685,8 @@ class EngineClient:
         try:
             ok = await self._send(worker, state.submit)
         except p.ProtocolError as error:  # over the limits: a bug or an absurd upload
-            self._finish(state, p.Failed(state.submit.job, f"the job could not be sent to the "
-                                         f"engine: {error}", p.FAIL_REJECTED))
+            self._finish(state, p.Failed(state.submit.job, render.job_not_sent(str(error)),
+                                         p.FAIL_REJECTED))
             return
         if not ok and worker.alive:
             state.sent_to = 0

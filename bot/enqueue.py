@@ -35,11 +35,6 @@ from bot.services import Services
 
 log = logging.getLogger(__name__)
 
-CANNOT_POST_MESSAGE = (
-    "I can't post in this channel. Ask a server admin to give me the **Send Messages**, "
-    "**Embed Links** and **Attach Files** permissions here, or use another channel."
-)
-
 
 @dataclass(frozen=True)
 class Queued:
@@ -91,7 +86,7 @@ async def enqueue(services: Services, interaction: discord.Interaction, request:
             log.warning("job %s: cannot post its message in channel %s: %s",
                         job.id, job.channel_id, error)
             await services.store.mark_failed(job.id, "the job's message could not be posted")
-            raise RequestRejected(CANNOT_POST_MESSAGE) from None
+            raise RequestRejected(render.CANNOT_POST_JOB) from None
         job = await services.store.update_job(job.id, progress_message_id=message.id)
         # Queueing moves the queue: `bot.queue_notes` fills in this message's place and
         # time (and renumbers those behind it), paced, and never two at one place.

@@ -15,16 +15,11 @@ from collections.abc import Mapping
 import discord
 from discord import app_commands
 
+from bot import render
 from bot.errors import UserError
 from bot.services import Services
 
 log = logging.getLogger(__name__)
-
-#: The answer to an unexpected error (a bug); `{ref}` is also in the log with the traceback.
-APOLOGY = (
-    "Sorry, something went wrong on my side; please try again. If it keeps happening, "
-    "tell the server admin the reference `{ref}`."
-)
 
 
 def services_of(interaction: discord.Interaction) -> Services:
@@ -74,7 +69,7 @@ async def report_error(interaction: discord.Interaction, error: BaseException) -
     else:
         ref = secrets.token_hex(4)
         log.error("unexpected error [ref %s] in %s", ref, _describe(interaction), exc_info=error)
-        text = APOLOGY.format(ref=ref)
+        text = render.apology(ref)
     try:
         await answer(interaction, text)
     except discord.HTTPException as failure:  # the interaction expired, or Discord is down

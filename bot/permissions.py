@@ -10,13 +10,8 @@ from __future__ import annotations
 import discord
 from discord import app_commands
 
+from bot import render
 from bot.errors import NotAllowed
-
-NOT_ADMIN_MESSAGE = (
-    "You need the **Manage Server** permission for this. "
-    "Use `/usage` to see your own quota and `/queue` to see the queue."
-)
-GUILD_ONLY_MESSAGE = "This command belongs to a server: use it in a server channel."
 
 
 def is_admin(interaction: discord.Interaction) -> bool:
@@ -40,9 +35,9 @@ def may_manage(interaction: discord.Interaction, owner_id: int) -> bool:
 def require_admin(interaction: discord.Interaction) -> bool:
     """The admin check, as a predicate for `app_commands.check` or `interaction_check`."""
     if interaction.guild_id is None:
-        raise NotAllowed(GUILD_ONLY_MESSAGE)
+        raise NotAllowed(render.GUILD_ONLY)
     if not is_admin(interaction):
-        raise NotAllowed(NOT_ADMIN_MESSAGE)
+        raise NotAllowed(render.NOT_ADMIN)
     return True
 
 

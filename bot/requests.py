@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bot import render
 from bot.attachments import CheckedImage
 from bot.config import MIN_SIDE, SIZE_MULTIPLE, Settings
 from bot.errors import UserError
 from bot.jobs import ImageSource, Job, JobKind
-from bot.render import no_result_text, user_text
 from bot.store import MemberSettings
 from engine.errors import EngineError, PromptError
 from engine.limits import check_seed
@@ -77,11 +77,7 @@ def validate_prompt(prompt: str) -> list[TextPrompt]:
     try:
         return parse_prompt(prompt)
     except PromptError as error:
-        raise RequestRejected(
-            f"Your prompt can't be used: {user_text(str(error))}.\n"
-            "Examples: `a forest rendered in low poly`, `a watercolor painting + a baseball "
-            "game`, `a lighthouse:2 + fog`, `a city street + cars:-1`. See `/help`."
-        ) from None
+        raise RequestRejected(render.prompt_unusable(str(error))) from None
 
 
 def validate_replace(replace: str | None) -> str | None:
@@ -90,15 +86,9 @@ def validate_replace(replace: str | None) -> str | None:
         return None
     text = " ".join(replace.split())
     if not text:
-        raise RequestRejected(
-            "`replace` is only spaces. Name the thing to change (e.g. `replace:flowers`), or "
-            "leave `replace` out to edit the whole image."
-        )
+        raise RequestRejected(render.REPLACE_ONLY_SPACES)
     if len(text) > MAX_REPLACE_CHARS:
-        raise RequestRejected(
-            f"`replace` is {len(text)} characters; keep it under {MAX_REPLACE_CHARS}: name the "
-            "thing to change, e.g. `replace:flowers`."
-        )
+        raise RequestRejected(render.replace_too_long(len(text), MAX_REPLACE_CHARS))
     return text
 
 
@@ -106,11 +96,8 @@ def validate_iterations(settings: Settings, iterations: int | None) -> int:
     if iterations is None:
         return settings.default_iterations
     if iterations < 1 or iterations > settings.max_iterations:
-        raise RequestRejected(
-            f"`iterations` must be between 1 and {settings.max_iterations} on this server "
-            f"(you asked for {iterations}). Leave it out for the default of "
-            f"{settings.default_iterations}."
-        )
+        raise RequestRejected(render.iterations_out_of_range(
+            iterations, settings.max_iterations, settings.default_iterations))
     return iterations
 
 
@@ -176,7 +163,7 @@ def validate_seed(seed: int | None) -> int | None:
     try:
         return check_seed(seed)
     except EngineError as error:
-        raise RequestRejected(f"That seed can't be used: {error}. Leave it out for a random one.") from None
+        raise RequestRejected(render.seed_unusable(str(error))) from None
 
 
 def stored_input(results_dir: Path, path: str | None) -> StoredImage | None:
@@ -184,10 +171,7 @@ def stored_input(results_dir: Path, path: str | None) -> StoredImage | None:
     if path is None:
         return None
     if not os.path.isfile(results_dir / path):
-        raise RequestRejected(
-            "The image this job started from is no longer on the bot's disk; attach it again "
-            "with `/edit` or the **Edit image** context menu."
-        )
+        raise RequestRejected(render.STORED_IMAGE_GONE)
     return StoredImage(path)
 
 
@@ -238,7 +222,7 @@ def vary_request(settings: Settings, results_dir: Path, job: Job) -> JobRequest:
     (`full_iterations`), so a Vary of a Vary (or of its Reroll) is as long as the first."""
     source = stored_input(results_dir, job.result_path) if job.result_path else None
     if source is None:
-        raise RequestRejected(no_result_text(job, "vary"))
+        raise RequestRejected(render.no_result_text(job, "vary"))
     params = job.params
     full = int(params.get("full_iterations") or job.iterations)
     width, height = job_size(settings, job)

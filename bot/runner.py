@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 
 from discord.ext import commands
 
+from bot import render
 from bot.engine_status import EngineState, EngineStatus
 from bot.jobs import FAIL_INPUT_MISSING, JOB_QUEUED_EVENT, Job, JobStatus
 from bot.queue_notes import QueueNotes
@@ -389,10 +390,7 @@ class JobRunner:
         try:
             return (self.services.results_dir / relative).read_bytes()
         except OSError:
-            raise JobInputMissing(
-                "the image this job starts from is no longer on the bot's disk; "
-                "attach it again with /edit"
-            ) from None
+            raise JobInputMissing(render.INPUT_IMAGE_GONE) from None
 
     async def _progress(self, job: Job, running: RunningJob, event: protocol.Progress,
                         throttle: ProgressThrottle) -> None:

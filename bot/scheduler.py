@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from bot import render
 from bot.errors import UserError
 from bot.jobs import Job
 
@@ -86,19 +87,10 @@ class Scheduler:
         cap = self.max_queued_per_user
         held = self.queued_count(user_id) + self.running_count(user_id)
         if cap is not None and held >= cap:
-            noun = "image" if held == 1 else "images"
-            raise QueueFull(
-                f"You already have {held} {noun} waiting or running, the most one person "
-                f"can have. Wait for one to finish, or cancel one, then try again.",
-                user_id=user_id,
-            )
+            raise QueueFull(render.queue_full_for_user(held), user_id=user_id)
         total = self.max_queued_total
         if total is not None and len(self._entries) >= total:
-            raise QueueFull(
-                f"The queue is full ({len(self._entries)} images waiting). "
-                f"Please try again in a few minutes.",
-                user_id=user_id,
-            )
+            raise QueueFull(render.queue_full(len(self._entries)), user_id=user_id)
 
     def submit(self, job: Job) -> int:
         """Queue a job; returns its 1-based position. Raises `QueueFull` over the caps."""

@@ -29,7 +29,6 @@ from bot.errors import NotAllowed, UserError
 from bot.interactions import answer, defer, report_error, services_of
 from bot.jobs import ImageSource, Job, JobKind, JobStatus
 from bot.permissions import may_manage
-from bot.render import RETRY_LABEL, retry_smaller_label
 from bot.recipe import png_text, reproduce_argv, shell_command
 from bot.requests import (
     InputImage,
@@ -96,7 +95,7 @@ class _JobButton:
             services = services_of(interaction)
             job = await services.store.get_job(self.job_id)
             if job is None:
-                raise UserError(f"I have no record of job `{self.job_id}` any more.")
+                raise UserError(render.job_forgotten(self.job_id))
             await self.on_click(interaction, services, job)
         except Exception as error:
             await report_error(interaction, error)
@@ -109,17 +108,15 @@ class CancelButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], templa
     """Stops a queued or running job; only its requester or an admin may."""
 
     PREFIX = CANCEL_PREFIX
-    LABEL = "Cancel"
+    LABEL = render.CANCEL_LABEL
     STYLE = discord.ButtonStyle.secondary
     EMOJI = "✖️"
 
     async def on_click(self, interaction: discord.Interaction, services: Services, job: Job) -> None:
         if not may_manage(interaction, job.user_id):
-            raise NotAllowed(f"Only <@{job.user_id}>, who asked for this image, or a server admin "
-                             "(Manage Server) can cancel it.")
+            raise NotAllowed(render.only_requester_cancels(job))
         if job.status.is_finished:
-            ended = "finished" if job.status is JobStatus.DONE else "ended"
-            raise UserError(f"Job `{job.id}` has already {job.status.value} ({ended}).")
+            raise UserError(render.cancel_too_late(job))
         await defer(interaction)
         await answer(interaction, await cancel_job(services, job.id, by_user_id=interaction.user.id))
 
@@ -128,7 +125,7 @@ class RerollButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], templa
     """Queues the same prompt and parameters with a new seed (a new job for the clicker)."""
 
     PREFIX = REROLL_PREFIX
-    LABEL = "Reroll"
+    LABEL = render.REROLL_LABEL
     STYLE = discord.ButtonStyle.primary
     EMOJI = "🎲"
 
@@ -141,13 +138,13 @@ class EditButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], template
     """Opens a modal for a prompt, then edits this result."""
 
     PREFIX = EDIT_PREFIX
-    LABEL = "Edit"
+    LABEL = render.EDIT_LABEL
     STYLE = discord.ButtonStyle.secondary
     EMOJI = "✏️"
 
     async def on_click(self, interaction: discord.Interaction, services: Services, job: Job) -> None:
         if job.status is not JobStatus.DONE or not job.result_path:
-            raise UserError(f"Job `{job.id}` has no finished image to edit.")
+            raise UserError(render.no_result_text(job, "edit"))
         source = stored_input(services.results_dir, job.result_path)
         assert source is not None, "a path in, an image out"
         message = interaction.message
@@ -166,7 +163,7 @@ class RetryButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], templat
     failed through no fault of the user (`bot.retry`)."""
 
     PREFIX = RETRY_PREFIX
-    LABEL = RETRY_LABEL
+    LABEL = render.RETRY_LABEL
     STYLE = discord.ButtonStyle.primary
     EMOJI = "🔁"
 
@@ -179,7 +176,7 @@ class RetrySmallerButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button],
     """After running out of memory: the same request at the suggested smaller size."""
 
     PREFIX = RETRY_SMALLER_PREFIX
-    LABEL = "Retry smaller"
+    LABEL = render.RETRY_SMALLER_LABEL
     STYLE = discord.ButtonStyle.secondary
     EMOJI = "🔽"
 
@@ -193,7 +190,7 @@ class VaryButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], template
     (`requests.vary_request`): a new job for the clicker, charged like a Reroll."""
 
     PREFIX = VARY_PREFIX
-    LABEL = "Vary"
+    LABEL = render.VARY_LABEL
     STYLE = discord.ButtonStyle.primary
     EMOJI = "🔀"
 
@@ -207,7 +204,7 @@ class InfoButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], template
     makes it again (`bot.recipe`). It reveals nothing the PNG's own text chunks don't."""
 
     PREFIX = INFO_PREFIX
-    LABEL = "Info"
+    LABEL = render.INFO_LABEL
     STYLE = discord.ButtonStyle.secondary
     EMOJI = "ℹ️"
 
@@ -226,7 +223,7 @@ class TimelapseButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button],
     links to that message, unless it was deleted."""
 
     PREFIX = TIMELAPSE_PREFIX
-    LABEL = "Timelapse"
+    LABEL = render.TIMELAPSE_LABEL
     STYLE = discord.ButtonStyle.secondary
     EMOJI = "🎞️"
 
@@ -302,7 +299,7 @@ async def _post_timelapse(interaction: discord.Interaction, services: Services, 
     return render.timelapse_posted_text(message.jump_url)
 
 
-class EditModal(discord.ui.Modal, title="Edit image"):
+class EditModal(discord.ui.Modal, title=render.EDIT_MODAL_TITLE):
     """Asks for the edit prompt (and optionally what to replace), then queues the edit.
 
     `source` is the image to edit: a stored image (a result), or a Discord attachment
@@ -311,11 +308,11 @@ class EditModal(discord.ui.Modal, title="Edit image"):
     """
 
     prompt: discord.ui.TextInput = discord.ui.TextInput(
-        label="Prompt", custom_id="prompt", placeholder="withered flowers  (a + b mixes, text:2 weights)",
+        label=render.EDIT_PROMPT_LABEL, custom_id="prompt", placeholder=render.EDIT_PROMPT_PLACEHOLDER,
         max_length=500, required=True,
     )
     replace: discord.ui.TextInput = discord.ui.TextInput(
-        label="Replace (optional)", custom_id="replace", placeholder="e.g. flowers: only that part changes",
+        label=render.EDIT_REPLACE_LABEL, custom_id="replace", placeholder=render.EDIT_REPLACE_PLACEHOLDER,
         max_length=100, required=False,
     )
 
@@ -377,7 +374,7 @@ def failure_view(settings: Settings, job: Job) -> discord.ui.View | None:
     view.add_item(RetryButton(job.id))
     smaller = smaller_retry_size(settings, job)
     if smaller is not None:
-        view.add_item(RetrySmallerButton(job.id, label=retry_smaller_label(smaller)))
+        view.add_item(RetrySmallerButton(job.id, label=render.retry_smaller_label(smaller)))
     return view
 
 

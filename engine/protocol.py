@@ -72,6 +72,8 @@ MAX_SIDE = 8192
 MAX_ITERATIONS = 100_000
 MAX_CUTN = 1024
 MAX_JOB_ID_CHARS = 128
+#: The most jobs one engine may say it optimises at once (`Ready.capacity`).
+MAX_CAPACITY = 64
 
 
 class _Unset:
@@ -450,7 +452,9 @@ class Shutdown(_Message):
 
 @dataclass(frozen=True)
 class Ready(_Message):
-    """engine -> bot, once, after the models are loaded: what it runs on."""
+    """engine -> bot, once, after the models are loaded: what it runs on, and `capacity`, how
+    many jobs it optimises at once (ENGINE_BATCH). The bot keeps up to that many submitted;
+    an engine that does not say (older ones) runs one at a time."""
 
     TYPE: ClassVar[str] = "ready"
     version: int
@@ -458,6 +462,7 @@ class Ready(_Message):
     vqgan: Annotated[str, Wire(absent="")]
     clip: Annotated[str, Wire(absent="")]
     pid: int = 0
+    capacity: Annotated[int, Wire(low=1, high=MAX_CAPACITY)] = 1
 
 
 @dataclass(frozen=True)

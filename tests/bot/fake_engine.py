@@ -9,7 +9,7 @@ and queue order). It records every `Submit` it received.
 It keeps the engine's state as `bot.engine_client.EngineClient` does (`status`,
 `wait_status_change`, the same `EngineState`s), and behaves the same way when the engine
 dies (`go_down`): the job that had started ends `Failed(reason="crash")` with the client's
-`CRASH_MESSAGE`; jobs submitted but not started wait until it is back (`come_back`), or
+`ENGINE_CRASHED`; jobs submitted but not started wait until it is back (`come_back`), or
 end `Cancelled` if cancelled meanwhile.
 
 SimCord runs the bot's tasks under a settlement check: a bot task waiting on something
@@ -33,9 +33,9 @@ from PIL import Image, PngImagePlugin
 
 from bot.app import ImagineBot
 from bot.config import Settings
-from bot.engine_client import CRASH_MESSAGE
 from bot.engine_status import EngineState, EngineStatus
 from bot.pacing import QUEUE_EDIT_WINDOW
+from bot.render import ENGINE_CRASHED
 from engine import protocol
 from tests.bot.conftest import make_settings, raise_unexpected_errors
 
@@ -259,7 +259,7 @@ class FakeEngine:
             yield protocol.Cancelled(job.job)
             return
         deaths = self._deaths
-        crashed = protocol.Failed(job.job, CRASH_MESSAGE, protocol.FAIL_CRASH)
+        crashed = protocol.Failed(job.job, ENGINE_CRASHED, protocol.FAIL_CRASH)
         yield protocol.Started(job.job)
         steps = max(1, self.progress_steps)
         for step in range(1, steps + 1):

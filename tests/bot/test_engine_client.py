@@ -24,15 +24,14 @@ import pytest_asyncio
 from PIL import Image
 
 from bot.engine_client import (
-    CRASH_MESSAGE,
     EngineClient,
     EngineClosedError,
-    SHUTDOWN_MESSAGE,
     EngineStartError,
     worker_command,
     worker_command_for,
 )
 from bot.engine_status import EngineState, EngineStatus
+from bot.render import ENGINE_CRASHED, ENGINE_SHUT_DOWN
 from engine import protocol as p
 from tests.bot.conftest import make_settings
 
@@ -168,7 +167,7 @@ async def test_killed_worker_fails_the_running_job_as_a_crash_and_the_next_job_r
     await until(stream, p.Progress)
     old_pid = engine.pid
     os.kill(old_pid, signal.SIGKILL)
-    assert await collect(stream) == [p.Failed("doomed", CRASH_MESSAGE, p.FAIL_CRASH)]
+    assert await collect(stream) == [p.Failed("doomed", ENGINE_CRASHED, p.FAIL_CRASH)]
     events = await collect(engine.submit(job("after", iterations=2)), timeout=120)
     assert isinstance(events[-1], p.Done)
     assert engine.restarts == restarts + 1 and engine.pid not in (None, old_pid)
@@ -240,7 +239,7 @@ async def test_close_stops_the_worker_and_unfinished_jobs_fail_as_shutdown():
     stream = client.submit(job("interrupted", iterations=100_000, progress_every=1))
     await until(stream, p.Progress)
     await client.close()
-    assert (await collect(stream))[-1] == p.Failed("interrupted", SHUTDOWN_MESSAGE,
+    assert (await collect(stream))[-1] == p.Failed("interrupted", ENGINE_SHUT_DOWN,
                                                    p.FAIL_SHUTDOWN)
     assert process.returncode == 0
     with pytest.raises(EngineClosedError):
@@ -335,8 +334,8 @@ async def test_started_job_whose_worker_dies_fails_uncharged_even_when_restarts_
     running = breakable.client.submit(job("running", iterations=100_000, progress_every=1))
     await until(running, p.Progress)
     await breakable.kill_and_break()
-    assert await collect(running) == [p.Failed("running", CRASH_MESSAGE, p.FAIL_CRASH)]
-    assert "not charged" in CRASH_MESSAGE
+    assert await collect(running) == [p.Failed("running", ENGINE_CRASHED, p.FAIL_CRASH)]
+    assert "not charged" in ENGINE_CRASHED
 
 
 @module_loop

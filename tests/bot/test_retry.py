@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from bot.engine_client import CRASH_MESSAGE
 from bot.jobs import JobKind, JobStatus
+from bot.render import ENGINE_CRASHED
 from bot.retry import RESUME_WITHIN
 from engine import protocol
 from engine.limits import out_of_memory_advice, smaller_size
@@ -38,7 +38,7 @@ def failing(reason: str, message: str = "it failed") -> FakeEngine:
 
 
 async def test_a_crashed_job_gets_retry_which_queues_the_same_request_for_the_clicker() -> None:
-    engine = failing(protocol.FAIL_CRASH, CRASH_MESSAGE)
+    engine = failing(protocol.FAIL_CRASH, ENGINE_CRASHED)
     async with running_world(engine) as world:
         await world.alice.slash(world.channel, "imagine", prompt="a fox + snow:2", seed=7,
                                 iterations=12, size="landscape")
@@ -60,7 +60,7 @@ async def test_a_crashed_job_gets_retry_which_queues_the_same_request_for_the_cl
 
 
 async def test_a_retried_edit_starts_from_the_same_image_and_replace() -> None:
-    engine = failing(protocol.FAIL_CRASH, CRASH_MESSAGE)
+    engine = failing(protocol.FAIL_CRASH, ENGINE_CRASHED)
     async with running_world(engine) as world:
         name, data = png_file()
         await world.alice.slash(world.channel, "edit", prompt="withered", image=(name, data),
@@ -111,7 +111,7 @@ async def test_failures_caused_by_the_request_get_no_retry(reason: str) -> None:
 
 
 async def test_retry_works_after_a_restart() -> None:
-    async with running_world(failing(protocol.FAIL_CRASH, CRASH_MESSAGE)) as world:
+    async with running_world(failing(protocol.FAIL_CRASH, ENGINE_CRASHED)) as world:
         await world.alice.slash(world.channel, "imagine", prompt="after the restart")
         (failed,) = await jobs(world)
         new_engine = await world.restart()
@@ -122,7 +122,7 @@ async def test_retry_works_after_a_restart() -> None:
 
 
 async def test_retry_is_charged_to_the_clickers_quota() -> None:
-    engine = failing(protocol.FAIL_CRASH, CRASH_MESSAGE)
+    engine = failing(protocol.FAIL_CRASH, ENGINE_CRASHED)
     async with running_world(engine, default_daily_quota=1) as world:
         await world.alice.slash(world.channel, "imagine", prompt="crashes")
         (failed,) = await jobs(world)

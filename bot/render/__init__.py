@@ -1,0 +1,210 @@
+"""What users read: every text and embed the bot shows, in one place.
+
+Issue 11's rule: "Every user-visible string goes through one rendering module." This is
+that module. Callers write `from bot import render` and `render.queue_full(...)`, raise
+a `UserError` with a text from here, or send an embed built here; the wording lives
+nowhere else. Pure functions from plain data
+to text and `discord.Embed`s, so tests check the wording without a running bot. User text
+shown back (prompts, phrases, file names) goes through `user_text` or `quoted`: Markdown
+escaped, mentions defused.
+
+One module per feature, re-exported here, in this order:
+- `text`: the pieces every text is made of (user text made safe, times, links, colours);
+- `job_messages`: a job's message in the channel, and the answer that it was queued;
+- `refusals`: refusals of requests (the prompt, sizes, the queue, permissions), and the
+  apology for a bug;
+- `attachments`: refusals of uploaded images;
+- `edit_source`: which image an edit starts from;
+- `buttons`: the job buttons' labels, the edit modal, and what the buttons answer (Cancel,
+  Info, Timelapse, Retry);
+- `your_jobs`: `/jobs` and `/cancel`;
+- `settings`: `/settings`, members' own defaults;
+- `status`, `blocklist`, `stats`: the admins' `/status`, `/blocklist` and `/stats`.
+
+The modules under `bot.render` import only plain data (`bot.jobs`, `bot.quota_status`,
+`bot.engine_status`, the figures of `bot.stats`) and discord, never the services or the
+cogs: everything may import them, so they must import nothing that could import them back.
+"""
+
+from __future__ import annotations
+
+# ---- the pieces every text is made of
+from bot.render.text import (
+    COLOUR_CANCELLED,
+    COLOUR_DONE,
+    COLOUR_FAILED,
+    COLOUR_QUEUED,
+    COLOUR_RUNNING,
+    FIELD_LIMIT,
+    TITLE_LIMIT,
+    discord_relative_time,
+    format_duration,
+    message_link,
+    quoted,
+    user_text,
+)
+
+# ---- a job's message, and the answer that it was queued
+from bot.render.job_messages import (
+    BAR_WIDTH,
+    ENGINE_DOWN_TEXT,
+    ENGINE_CRASHED,
+    ENGINE_SHUT_DOWN,
+    INPUT_IMAGE_GONE,
+    NOT_RESUMED_TEXT,
+    REPLACE_LIMIT,
+    apology_embed,
+    cancelled_embed,
+    describe_done,
+    describe_kind,
+    engine_refused,
+    failed_content,
+    failed_embed,
+    interrupted_embed,
+    job_link,
+    job_not_sent,
+    not_charged,
+    progress_bar,
+    progress_embed,
+    queued_answer,
+    queued_embed,
+    ready_content,
+    requester_content,
+    result_embed,
+    size_text,
+    started_embed,
+    waiting_for_engine_embed,
+)
+
+# ---- refusals of requests, and the apology for a bug
+from bot.render.refusals import (
+    CANNOT_POST_JOB,
+    GUILD_ONLY,
+    NOT_ADMIN,
+    REPLACE_ONLY_SPACES,
+    STORED_IMAGE_GONE,
+    apology,
+    iterations_out_of_range,
+    prompt_unusable,
+    queue_full,
+    queue_full_for_user,
+    replace_too_long,
+    seed_unusable,
+)
+
+# ---- uploaded images
+from bot.render.attachments import (
+    IMAGE_FORMATS,
+    attachment_far_too_many_pixels,
+    attachment_not_an_image,
+    attachment_not_downloaded,
+    attachment_too_large,
+    attachment_too_many_pixels,
+    attachment_unreadable,
+    attachment_wrong_format,
+    file_name,
+)
+
+# ---- which image an edit starts from
+from bot.render.edit_source import (
+    HIDDEN_IMAGES_MESSAGE,
+    NO_IMAGE_IN_MESSAGE,
+    NO_IMAGE_MESSAGE,
+    hidden_images,
+    preview_not_editable,
+    source_embed,
+)
+
+# ---- the job buttons and the edit modal
+from bot.render.buttons import (
+    CANCEL_LABEL,
+    CANNOT_POST_TIMELAPSE,
+    EDIT_LABEL,
+    EDIT_MODAL_TITLE,
+    EDIT_PROMPT_LABEL,
+    EDIT_PROMPT_PLACEHOLDER,
+    EDIT_REPLACE_LABEL,
+    EDIT_REPLACE_PLACEHOLDER,
+    INFO_LABEL,
+    REROLL_LABEL,
+    RETRY_LABEL,
+    RETRY_SMALLER_LABEL,
+    TIMELAPSE_LABEL,
+    VARY_LABEL,
+    cancel_too_late,
+    info_embed,
+    job_forgotten,
+    no_result_text,
+    no_timelapse_text,
+    not_retryable,
+    only_requester_cancels,
+    result_missing_text,
+    retry_smaller_label,
+    timelapse_already_text,
+    timelapse_busy_text,
+    timelapse_post_text,
+    timelapse_posted_text,
+)
+
+# ---- /jobs and /cancel
+from bot.render.your_jobs import (
+    CHOICE_NAME_LIMIT,
+    JOBS_LIMIT,
+    JOBS_PROMPT_CHARS,
+    already_ended,
+    already_finished,
+    cancel_label,
+    cancel_lost_race,
+    cancelled,
+    cancelled_before_start,
+    job_choice_name,
+    job_line,
+    job_status_text,
+    jobs_embed,
+    no_job_to_cancel,
+    no_record_of_job,
+    not_your_job,
+    stopping,
+    unknown_job,
+)
+
+# ---- /settings: members' own defaults
+from bot.render.settings import (
+    SHAPE_LABELS,
+    member_defaults_lines,
+    settings_iterations_out_of_range,
+    settings_reset_conflict,
+    settings_text,
+    usage_defaults,
+)
+
+# ---- /status (admins)
+from bot.render.status import (
+    STATUS_COLOURS,
+    STATUS_ERROR_LIMIT,
+    code_block,
+    status_embed,
+    utc_day_start,
+)
+
+# ---- /blocklist (admins) and the blocked prompt's refusal
+from bot.render.blocklist import (
+    BLOCKLIST_LIST_CHARS,
+    BLOCKLIST_NO_TERMS,
+    blocklist_added,
+    blocklist_full,
+    blocklist_list,
+    blocklist_removed,
+    blocklist_term_too_long,
+    blocklist_term_without_words,
+    prompt_blocked,
+)
+
+# ---- /stats (admins)
+from bot.render.stats import (
+    FAILURE_CAUSES,
+    STATS_BAR_WIDTH,
+    failure_cause,
+    stat_duration,
+    stats_embed,
+)

@@ -1,0 +1,87 @@
+"""`/status`, for admins: the image engine, the queue and today's jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import discord
+
+from bot.engine_status import EngineState, EngineStatus
+from bot.render.text import COLOUR_CANCELLED, COLOUR_DONE, COLOUR_FAILED, discord_relative_time
+
+#: How much of the engine's last error `/status` shows (an embed field holds 1024).
+STATUS_ERROR_LIMIT = 900
+STATUS_COLOURS: dict[EngineState, discord.Colour] = {
+    EngineState.READY: COLOUR_DONE,
+    EngineState.STARTING: discord.Colour.orange(),
+    EngineState.RESTARTING: discord.Colour.orange(),
+    EngineState.DOWN: COLOUR_FAILED,
+}
+
+
+def utc_day_start(now: float) -> float:
+    """00:00 UTC of the day `now` is in: where `/status` starts counting "today"."""
+    return now - now % 86400
+
+
+def code_block(text: str, limit: int) -> str:
+    """`text` in a code block, at most `limit` characters of it (the head: the engine's
+    errors say what is wrong first, then quote its log), and unable to close the block
+    early."""
+    text = text.strip().replace("```", "`\u200b``")
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    return f"```\n{text}\n```"
+
+
+def _engine_models(engine: EngineStatus, configured: tuple[str, str]) -> tuple[str, str]:
+    """(device line, models line): from the live worker, else the last one, else settings."""
+    ready, note = engine.ready, ""
+    if ready is None and engine.last_ready is not None:
+        ready, note = engine.last_ready, " (when it last ran)"
+    if ready is None:
+        vqgan, clip = configured
+        return "not known until the engine starts", f"VQGAN `{vqgan}`, CLIP `{clip}` (configured)"
+    pid = f" · pid {ready.pid}" if engine.ready is not None else ""
+    return f"`{ready.device}`{pid}{note}", f"VQGAN `{ready.vqgan}`, CLIP `{ready.clip}`{note}"
+
+
+def status_embed(
+    engine: EngineStatus,
+    *,
+    queued: int,
+    running: tuple[str, int, int] | None,
+    finished_today: Mapping[str, int],
+    configured_models: tuple[str, str],
+) -> discord.Embed:
+    """`/status`, for admins only: the engine (state, device, models, restarts, the last
+    error in full, paths and all), the queue, and the jobs that ended today (UTC).
+
+    `running` is (job id, iteration, total) of the job that left the queue, if any;
+    `finished_today` counts jobs by final status ("done", "failed", "cancelled")."""
+    embed = discord.Embed(title="Image engine status",
+                          colour=STATUS_COLOURS.get(engine.state, COLOUR_CANCELLED))
+    restarts = {0: "no restarts", 1: "restarted once"}.get(engine.restarts,
+                                                           f"restarted {engine.restarts} times")
+    embed.add_field(name="Engine", value=f"**{engine.state.value}** since "
+                    f"{discord_relative_time(engine.since)} · {restarts}", inline=False)
+    device, models = _engine_models(engine, configured_models)
+    embed.add_field(name="Device", value=device)
+    embed.add_field(name="Models", value=models)
+    if running is None:
+        current = "nothing running"
+    else:
+        job_id, iteration, total = running
+        current = f"job `{job_id}`, iteration {iteration}/{total}"
+    embed.add_field(name="Queue", value=f"{queued} waiting · {current}", inline=False)
+    counts = " · ".join(f"{finished_today.get(status, 0)} {status}"
+                        for status in ("done", "failed", "cancelled"))
+    embed.add_field(name="Today (since 00:00 UTC)", value=counts, inline=False)
+    if engine.last_error is not None:
+        when = (f"{discord_relative_time(engine.last_error_at)}\n"
+                if engine.last_error_at is not None else "")
+        embed.add_field(name="Last error",
+                        value=when + code_block(engine.last_error, STATUS_ERROR_LIMIT),
+                        inline=False)
+    embed.set_footer(text="Only you can see this: the error may name the server's files.")
+    return embed
