@@ -114,6 +114,7 @@ class Compiler:
         self.enabled = self.cuda_graphs = False
         self.failure = f"{type(error).__name__}: {error}"[:2000]
         log.warning("the compiled loop failed, running eager from now on: %s", self.failure)
+        log.debug("the compiled loop's failure", exc_info=error)
 
     def time_first_step(self, shape: Hashable, step: Callable[[], None]) -> None:
         """Run `step`; if it is the first at `shape`, time it (waiting for the GPU once)."""
