@@ -23,11 +23,19 @@ Reproducibility: one CPU `torch.Generator` seeded from `seed` drives the start c
 cutout randomness, so the same seed, inputs and device give the same PNG bytes on CPU, with
 the same number of CPU threads (recorded in the PNG as `threads`).
 
+Several jobs at once (issue 13): everything a job carries between iterations is its own
+`JobState`, and `Generator.step` takes a list of them of one size, so the decoder and CLIP
+run once for the whole batch while each job keeps its own draws, targets, loss and Adam
+state. `run` is one job alone: `start`, `step([job])` until done, `finish`; a batch of one
+computes exactly what this loop always computed, byte for byte. Which jobs share a step is
+engine/batching.py's business.
+
 Speed on a GPU (`Numerics`): the decoder runs under autocast in the loop (bf16 where the GPU
 computes it natively, else fp16) and in channels_last; CLIP runs in its own dtype (fp16, as
 openai-clip loads it); the loss is scaled wherever fp16 is in the backward pass. Nothing
-reads from the device between progress points: `_report` and `_finish` are the only reads,
-and all cutouts go through CLIP as one batch.
+reads from the device between progress points: `report` and `finish` are the only reads,
+and all cutouts go through CLIP as one batch. The decode and CLIP forward can be compiled
+(`compiler`, engine/compiling.py).
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ import math
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +54,7 @@ from PIL import Image
 from torch import Tensor
 
 from engine import __version__
+from engine.compiling import Compiler
 from engine.cutouts import MakeCutouts
 from engine.errors import Cancelled, InputImageError, OutOfMemoryError, PromptError
 from engine.images import fit_to_size, png_bytes
@@ -70,6 +79,7 @@ __all__ = [
     "GenerationRequest",
     "GenerationResult",
     "Generator",
+    "JobState",
     "Numerics",
     "Progress",
     "ClampWithGrad",
@@ -290,19 +300,64 @@ def _validate(request: GenerationRequest) -> None:
             raise InputImageError("an image prompt is not an image; load it with engine.images.load_image")
 
 
-class Generator:
-    """Runs generation requests on loaded models. One job at a time per instance.
+@dataclass(eq=False)
+class JobState:
+    """One job inside the loop: its request and everything the optimisation carries from one
+    iteration to the next. `Generator.start` makes it; `Generator.step` advances it, alone
+    or beside other jobs of the same size; `Generator.finish` turns it into the result.
 
-    `numerics` defaults to `Numerics.for_models(models)`; tests and the benchmark pass
-    another to try a precision the GPU would not be given by default.
+    Nothing here is shared between jobs: each has its own random draws (`generator`), targets,
+    latent, Adam state and loss scale, so a job's image does not depend on its companions.
     """
 
-    def __init__(self, models: Models, numerics: Numerics | None = None) -> None:
+    request: GenerationRequest
+    size: tuple[int, int]  # (width, height), rounded to the VQGAN's factor
+    seed: int
+    generator: torch.Generator  # the job's one source of randomness (CPU)
+    cutouts: MakeCutouts
+    targets: list[_Target]
+    z: Tensor  # (1, C, h, w): the latent being optimised, a leaf
+    z0: Tensor | None  # an edit's start
+    z_range: tuple[Tensor, Tensor]  # per-channel bounds z is clamped to after each step
+    blend: tuple[Tensor, Tensor] | None  # masked edits: see `_composite`
+    mask: Mask | None
+    optimizer: torch.optim.Adam
+    scaler: torch.amp.GradScaler
+    started: float  # time.monotonic() when the job started
+    iteration: int = 0  # iterations done
+    loss: Tensor | None = None  # the last iteration's loss
+    image: Tensor | None = None  # the last iteration's image (1, 3, H, W), for previews
+
+    @property
+    def done(self) -> bool:
+        return self.iteration >= self.request.iterations
+
+    @property
+    def progress_due(self) -> bool:
+        """A progress point: every `progress_every` iterations and at the last one."""
+        return self.iteration > 0 and (self.iteration % self.request.progress_every == 0 or self.done)
+
+
+class Generator:
+    """Runs generation requests on loaded models: `run` one job to its end, or `start`,
+    `step` and `finish` jobs that share iterations (engine/batching.py).
+
+    `numerics` defaults to `Numerics.for_models(models)`; tests and the benchmark pass
+    another to try a precision the GPU would not be given by default. `compiler` compiles
+    the loop's decode and CLIP forward (engine/compiling.py); off by default.
+    """
+
+    def __init__(self, models: Models, numerics: Numerics | None = None,
+                 compiler: Compiler | None = None) -> None:
         self.models = models
         self.device = torch.device(models.device)
         self.numerics = numerics if numerics is not None else Numerics.for_models(models)
         if self.device.type == "cuda":
             models.vqgan.to(memory_format=torch.channels_last)
+        self.compiler = compiler if compiler is not None else Compiler("off", self.device)
+        # The loop's two heavy calls, compiled while the compiler is on.
+        self._synth_in_loop = self.compiler.wrap(self._synth)
+        self._embed_in_loop = self.compiler.wrap(self._embed)
 
     def run(
         self,
@@ -317,33 +372,55 @@ class Generator:
         `InputImageError` for bad requests (before any work is done).
         """
         _validate(request)
-        factor = int(self.models.vqgan.factor)
-        size = round_size((request.size[0], request.size[1]), factor)
-        seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+        size = self.size_of(request)
         out_of_memory = False
         try:
-            return self._run(request, size, int(seed), on_progress, should_cancel)
+            return self._run(request, on_progress, should_cancel)
         except torch.cuda.OutOfMemoryError:
             out_of_memory = True
         # Outside the except block, so the traceback's frames (and their tensors) are gone.
+        self.free_memory()
+        assert out_of_memory
+        raise OutOfMemoryError(out_of_memory_advice(size, int(self.models.vqgan.factor)))
+
+    def size_of(self, request: GenerationRequest) -> tuple[int, int]:
+        """The (width, height) a request is generated at: its size rounded to the factor.
+        Jobs of the same size can share iterations."""
+        return round_size((request.size[0], request.size[1]), int(self.models.vqgan.factor))
+
+    def free_memory(self) -> None:
+        """Give cached device memory back after running out (the failed step's tensors must
+        be gone: call it outside the except block)."""
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        assert out_of_memory
-        raise OutOfMemoryError(out_of_memory_advice(size, factor))
 
     # -- the loop ----------------------------------------------------------------------
     def _run(
         self,
         request: GenerationRequest,
-        size: tuple[int, int],
-        seed: int,
         on_progress: Callable[[Progress], None] | None,
         should_cancel: Callable[[], bool] | None,
     ) -> GenerationResult:
+        job = self.start(request)
+        while not job.done:
+            if should_cancel is not None and should_cancel():
+                raise Cancelled()
+            self.step([job])
+            if on_progress is not None and job.progress_due:
+                self.report(job, on_progress)
+        return self.finish(job)
+
+    def start(self, request: GenerationRequest) -> JobState:
+        """A job before its first iteration: its targets, and where z starts (section 2:
+        random codes for a generation, the image's encoding for an edit; nothing else
+        differs). Raises `PromptError`/`InputImageError` for a bad request."""
+        _validate(request)
         started = time.monotonic()
         vqgan, device = self.models.vqgan, self.device
         factor = int(vqgan.factor)
+        size = self.size_of(request)
+        seed = int(request.seed if request.seed is not None else secrets.randbelow(2**31))
         generator = torch.Generator().manual_seed(seed)
         cutouts = MakeCutouts(self.models.perceptor.input_resolution, request.cutn, request.cut_pow)
 
@@ -354,7 +431,6 @@ class Generator:
             z0 = self._encode(source) if source is not None else None
             z = z0.clone() if z0 is not None else vqgan.random_z(
                 1, size[1] // factor, size[0] // factor, generator=generator).float()
-            z_min, z_max = self._z_range(z0)
             mask = self._mask(request, source, size)
             blend: tuple[Tensor, Tensor] | None = None
             if mask is not None:
@@ -370,28 +446,44 @@ class Generator:
         optimizer = torch.optim.Adam([z], lr=request.lr, betas=PAPER_BETAS,
                                      fused=True if self.numerics.scale_gradients else None)
         scaler = torch.amp.GradScaler(device.type, enabled=self.numerics.scale_gradients)
+        return JobState(request, size, seed, generator, cutouts, targets, z, z0, self._z_range(z0),
+                        blend, mask, optimizer, scaler, started)
 
-        total = request.iterations
-        loss = torch.zeros((), device=device)
-        for i in range(total):
-            if should_cancel is not None and should_cancel():
-                raise Cancelled()
-            optimizer.zero_grad(set_to_none=True)
-            image = _composite(self._synth(z), blend)  # (1, 3, H, W) in [0, 1]
-            embeds = self._embed(cutouts(image, generator))  # (cutn, D); section 2.3
-            loss = _clip_loss(embeds, targets)  # sections 2.2, G.1 and G.2
-            loss = loss + l2_weight(request.l2_weight, request.l2_decay, i, total) * z.pow(2).mean()  # 2.4
-            if z0 is not None and request.keep_structure:  # opt-in, not the paper's
-                loss = loss + request.keep_structure * (z - z0).pow(2).mean()
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)  # skipped, on the device, when a scaled gradient overflowed
-            scaler.update()
+    def step(self, jobs: Sequence[JobState]) -> None:
+        """One iteration for `jobs`, all of one size, as one batch: one decode of their
+        latents and one CLIP forward of all their cutouts. All else is each job's own: its
+        cutouts' random draws, its targets and loss terms, its Adam step. The batch's loss
+        is the sum of the jobs' losses, so each z gets exactly its own job's gradient."""
+        for job in jobs:
+            job.optimizer.zero_grad(set_to_none=True)
+        z = torch.cat([job.z for job in jobs])  # (B, C, h, w)
+        images = [_composite(image, job.blend)  # B x (1, 3, H, W) in [0, 1]; section 2.1
+                  for job, image in zip(jobs, self._synth_in_loop(z).split(1))]
+        cutouts = torch.cat([job.cutouts(image, job.generator)  # (B*cutn, 3, R, R); section 2.3
+                             for job, image in zip(jobs, images)])
+        embeds = self._embed_in_loop(cutouts).split([job.cutouts.cutn for job in jobs])  # B x (cutn, D)
+        losses = [self._loss(job, job_embeds) for job, job_embeds in zip(jobs, embeds)]
+        torch.stack([job.scaler.scale(loss) for job, loss in zip(jobs, losses)]).sum().backward()
+        for job, image, loss in zip(jobs, images, losses):
+            job.scaler.step(job.optimizer)  # skipped, on the device, when a scaled gradient overflowed
+            job.scaler.update()
             with torch.no_grad():
-                z.copy_(torch.maximum(torch.minimum(z, z_max), z_min))
-            iteration = i + 1
-            if on_progress is not None and (iteration % request.progress_every == 0 or iteration == total):
-                self._report(on_progress, iteration, total, loss, image, request.preview_size, started)
-        return self._finish(request, size, seed, z, blend, mask, loss, started)
+                z_min, z_max = job.z_range
+                job.z.copy_(torch.maximum(torch.minimum(job.z, z_max), z_min))
+            job.iteration += 1
+            job.image, job.loss = image.detach(), loss.detach()
+
+    def _loss(self, job: JobState, embeds: Tensor) -> Tensor:
+        """A job's loss on its cutouts' embeddings (cutn, D): the distance to its targets
+        (sections 2.2, G.1, G.2), plus α·mean(z²) decayed over its run (2.4), plus the
+        opt-in pull of an edit towards its start."""
+        request = job.request
+        loss = _clip_loss(embeds, job.targets)
+        loss = loss + l2_weight(request.l2_weight, request.l2_decay, job.iteration,
+                                request.iterations) * job.z.pow(2).mean()
+        if job.z0 is not None and request.keep_structure:  # opt-in, not the paper's
+            loss = loss + request.keep_structure * (job.z - job.z0).pow(2).mean()
+        return loss
 
     # -- the steps the loop calls ----------------------------------------------------------
     def _synth(self, z: Tensor, mixed_precision: bool = True) -> Tensor:
@@ -466,30 +558,30 @@ class Generator:
             return mask_from_image(request.mask_image, size, factor, self.device)
         return None
 
-    def _report(self, on_progress: Callable[[Progress], None], iteration: int, total: int, loss: Tensor,
-                image: Tensor, preview_size: int, started: float) -> None:
-        """A progress point. With `_finish`, the only place the loop reads from the device
+    def report(self, job: JobState, on_progress: Callable[[Progress], None]) -> None:
+        """A progress point. With `finish`, the only place the loop reads from the device
         (the loss and a preview): between progress points the GPU never waits for the host."""
-        on_progress(Progress(iteration, total, float(loss.detach()), _preview(image, preview_size),
-                             time.monotonic() - started))
+        assert job.loss is not None and job.image is not None, "report after a step"
+        request = job.request
+        on_progress(Progress(job.iteration, request.iterations, float(job.loss),
+                             _preview(job.image, request.preview_size), time.monotonic() - job.started))
 
-    def _finish(self, request: GenerationRequest, size: tuple[int, int], seed: int, z: Tensor,
-                blend: tuple[Tensor, Tensor] | None, mask: Mask | None, loss: Tensor,
-                started: float) -> GenerationResult:
+    def finish(self, job: JobState) -> GenerationResult:
         """The result: z decoded once more, in fp32 (the loop's autocast dtype buys speed; the
         image kept gets full precision)."""
+        request, mask = job.request, job.mask
         with torch.no_grad():
-            final = _composite(self._synth(z, mixed_precision=False), blend)
+            final = _composite(self._synth(job.z, mixed_precision=False), job.blend)
         image = _to_pil(final)
-        metadata = self._metadata(request, size, seed, mask)
+        metadata = self._metadata(request, job.size, job.seed, mask)
         return GenerationResult(
             image=image,
             png=png_bytes(image, metadata),
-            seed=seed,
-            seconds=time.monotonic() - started,
+            seed=job.seed,
+            seconds=time.monotonic() - job.started,
             iterations=request.iterations,
-            size=size,
-            loss=float(loss.detach()),
+            size=job.size,
+            loss=float(job.loss) if job.loss is not None else math.nan,
             mask=mask.to_pil() if mask is not None else None,
             note=mask.note if mask is not None else None,
         )

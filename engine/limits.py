@@ -9,8 +9,10 @@ too, so that every path that meets it (generator, worker) suggests the same size
 from __future__ import annotations
 
 import math
+from typing import Union
 
 from engine.errors import EngineError
+from engine.protocol import MAX_CAPACITY
 
 #: Default largest input image file (init image, image prompt, mask), in bytes. The bot's
 #: MAX_IMAGE_MB setting overrides it for both the bot and the engine process it starts.
@@ -48,3 +50,36 @@ def out_of_memory_advice(size: tuple[int, int], factor: int = 16, memory: str = 
     small_width, small_height = smaller_size(size, factor)
     return (f"out of {memory} memory at {width}x{height}; try {small_width}x{small_height} "
             "or smaller, or fewer cutouts")
+
+
+# -- the engine's throughput settings (issue 13); the worker's --batch and --compile ---------
+
+#: `ENGINE_BATCH` (`vqgan-clip worker --batch auto|N`): how many jobs the engine optimises at
+#: once, as one batch; 1 turns batching off. The engine advertises it in `ready.capacity`,
+#: so the most is the protocol's.
+MAX_BATCH = MAX_CAPACITY
+BATCH_AUTO = "auto"
+BatchSetting = Union[int, str]  # 1..MAX_BATCH, or BATCH_AUTO
+DEFAULT_BATCH: BatchSetting = BATCH_AUTO
+#: What `auto` means on each device (engine.batching.capacity_for), from bench/benchmark.py.
+AUTO_BATCH_CPU = 1
+AUTO_BATCH_CUDA = 4
+
+
+def parse_batch(text: str) -> BatchSetting:
+    """`--batch`'s value: "auto" or a whole number 1..MAX_BATCH (ValueError otherwise)."""
+    if text.strip().lower() == BATCH_AUTO:
+        return BATCH_AUTO
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_BATCH:
+        raise ValueError(f"the batch must be {BATCH_AUTO} or a whole number from 1 to {MAX_BATCH}, not {text!r}")
+    return value
+
+
+#: `ENGINE_COMPILE` (`vqgan-clip worker --compile`): compile the loop (engine/compiling.py).
+#: `auto` compiles on CUDA, where it pays; `on` on any device; `off` never.
+COMPILE_MODES = ("auto", "off", "on")
+DEFAULT_COMPILE = "auto"

@@ -11,7 +11,18 @@ import argparse
 from pathlib import Path
 
 from engine.framing import MAX_BLOB_SIZE
-from engine.limits import DEFAULT_MAX_IMAGE_BYTES
+from engine.limits import (
+    AUTO_BATCH_CPU,
+    AUTO_BATCH_CUDA,
+    BATCH_AUTO,
+    COMPILE_MODES,
+    DEFAULT_BATCH,
+    DEFAULT_COMPILE,
+    DEFAULT_MAX_IMAGE_BYTES,
+    MAX_BATCH,
+    BatchSetting,
+    parse_batch,
+)
 from engine.registry import DEFAULT_CLIP, DEFAULT_VQGAN, default_model_dir
 
 
@@ -26,6 +37,14 @@ def _image_bytes(text: str) -> int:
             f"expected a whole number of bytes from 1 to {MAX_BLOB_SIZE} (the largest frame "
             f"blob), not {text!r}")
     return value
+
+
+def _batch(text: str) -> BatchSetting:
+    """`--batch`; argparse type."""
+    try:
+        return parse_batch(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,6 +75,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="largest input image (init image, image prompt, mask) in bytes; "
                              f"a job with a larger one fails (default: {DEFAULT_MAX_IMAGE_BYTES}, "
                              "8 MiB)")
+    parser.add_argument("--batch", type=_batch, default=DEFAULT_BATCH, metavar="auto|N",
+                        help=f"how many jobs of one size to optimise at once, as one batch, 1 to "
+                             f"{MAX_BATCH} (1: one at a time); the bot's ENGINE_BATCH (default: "
+                             f"{DEFAULT_BATCH} = {AUTO_BATCH_CUDA} on CUDA, {AUTO_BATCH_CPU} on the CPU)")
+    parser.add_argument("--compile", choices=COMPILE_MODES, default=DEFAULT_COMPILE,
+                        help="compile the loop with torch.compile (CUDA graphs on CUDA); the bot's "
+                             f"ENGINE_COMPILE (default: {DEFAULT_COMPILE} = on for CUDA, off on the CPU); "
+                             "a loop that fails to compile runs eager")
     # For tests of the bot: no torch, no models, solid-colour images after a short sleep
     # (it does not decode images, so --max-image-bytes does not apply to it).
     parser.add_argument("--fake", action="store_true", help=argparse.SUPPRESS)
@@ -66,12 +93,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until stdin ends or `shutdown` arrives; exit 0 then, 1 if the models can't load."""
-    from engine.worker import FakeJobRunner, load_generator_runner, serve_stdio
+    from engine.worker import serve_stdio
 
     if args.fake:
-        return serve_stdio(lambda: FakeJobRunner(args.fake_seconds_per_iteration))
+        from engine.fake_runner import FakeJobRunner
+
+        # The fake has no device: `auto` is one job at a time, as the bot's tests expect.
+        capacity = 1 if args.batch == BATCH_AUTO else int(args.batch)
+        return serve_stdio(lambda: FakeJobRunner(args.fake_seconds_per_iteration, capacity))
 
     def load():
+        from engine.generator_runner import load_generator_runner
         from engine.models import ModelSpec
 
         spec = ModelSpec(
@@ -80,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device, vqgan_config=args.vqgan_config,
             vqgan_checkpoint=args.vqgan_checkpoint,
         )
-        return load_generator_runner(spec, args.max_image_bytes)
+        return load_generator_runner(spec, args.max_image_bytes, args.batch, args.compile)
 
     return serve_stdio(load)
 

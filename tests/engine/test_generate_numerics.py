@@ -67,7 +67,7 @@ def _request(**kwargs: Any) -> GenerationRequest:
 # -- nothing in the loop waits for the device ----------------------------------------------
 
 class LoopEnded(Exception):
-    """Raised in place of `Generator._finish`, whose reads from the device are the result's."""
+    """Raised in place of `Generator.finish`, whose reads from the device are the result's."""
 
 
 def _in_kornias_non_blocking_copy() -> bool:
@@ -156,23 +156,23 @@ LOOP_KINDS = {
 @pytest.mark.parametrize("kind", LOOP_KINDS.values(), ids=list(LOOP_KINDS))
 def test_nothing_reads_the_device_or_waits_for_it_between_progress_points(
         meta_models: Models, monkeypatch: pytest.MonkeyPatch, kind: dict[str, Any]) -> None:
-    """Every read from a meta tensor raises, so the loop reaching `_finish` shows that nothing
+    """Every read from a meta tensor raises, so the loop reaching `finish` shows that nothing
     before it read the device; blocking host -> device copies after the first progress point
     are recorded (the first iteration may set things up)."""
     generator = Generator(meta_models)
     copies = BlockingHostToDeviceCopies()
     reports: list[int] = []
 
-    def report(on_progress, iteration: int, *args: Any) -> None:  # reads nothing
-        reports.append(iteration)
+    def report(job: Any, on_progress: Any) -> None:  # reads nothing
+        reports.append(job.iteration)
         copies.recording = True
 
     def finish(*args: Any) -> None:
         copies.recording = False
         raise LoopEnded
 
-    monkeypatch.setattr(generator, "_report", report)
-    monkeypatch.setattr(generator, "_finish", finish)
+    monkeypatch.setattr(generator, "report", report)
+    monkeypatch.setattr(generator, "finish", finish)
     monkeypatch.setattr(engine.generate, "mask_from_image", _meta_mask)
     with copies, pytest.raises(LoopEnded):
         generator.run(_request(iterations=4, progress_every=2, **kind), on_progress=lambda progress: None)

@@ -23,7 +23,8 @@ from PIL import Image
 from engine import protocol as p
 from engine.errors import Cancelled, ModelFileError, OutOfMemoryError, PromptError
 from engine.limits import out_of_memory_advice
-from engine.worker import FakeJobRunner, Worker, run_worker
+from engine.fake_runner import FakeJobRunner
+from engine.worker import Worker, run_worker
 
 TIMEOUT = 10.0
 
@@ -278,24 +279,25 @@ def tiny_loaded(tiny_models):
                                  model_dir=tiny_models.directory, device="cpu"))
 
 
-def test_the_runner_s_out_of_memory_safety_net_gives_the_generator_s_advice(tiny_loaded,
-                                                                           monkeypatch):
-    """The generator turns running out of GPU memory into advice itself; what slips past it
-    must read the same, not suggest another size."""
+def test_the_runner_turns_running_out_of_gpu_memory_into_the_generator_s_advice(tiny_loaded,
+                                                                               monkeypatch):
+    """Running out of GPU memory in a step alone fails the job with the advice the generator
+    gives (the size tried and a smaller one), never a bug report."""
     import torch
 
-    from engine.worker import GeneratorJobRunner
+    from engine.generator_runner import GeneratorJobRunner
 
     runner = GeneratorJobRunner(tiny_loaded)
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(runner.generator, "run", out_of_memory)
+    monkeypatch.setattr(runner.generator, "step", out_of_memory)
     with pytest.raises(OutOfMemoryError) as error:
         runner.run(submit("big", width=1024, height=1024), lambda progress: None, lambda: False)
     factor = int(runner.models.vqgan.factor)
     assert str(error.value) == out_of_memory_advice((1024, 1024), factor)
+    assert not runner.busy
 
 
 def test_an_engine_error_keeps_its_message_and_kind(worker):
@@ -397,6 +399,110 @@ def test_fake_runner_returns_a_png_of_the_requested_size():
     assert [x.iteration for x in progress] == [2, 4]
 
 
+
+# -- several jobs at once (issue 13: capacity, --batch) ---------------------------------------
+
+
+def served(runner) -> Harness:
+    harness = Harness(runner)
+    ready = harness.recv()
+    assert isinstance(ready, p.Ready) and ready.capacity == runner.capacity
+    return harness
+
+
+def ends(events: list) -> dict:
+    return {e.job: e for e in events if isinstance(e, (p.Done, p.Failed, p.Cancelled))}
+
+
+def test_a_worker_of_capacity_3_runs_3_jobs_at_once_each_with_its_own_events():
+    harness = served(FakeJobRunner(0.005, capacity=3))
+    for job, seed in (("a", 1), ("b", 2), ("c", 3), ("d", 4)):
+        harness.send(submit(job, iterations=6, progress_every=3, seed=seed))
+    events = harness.recv_until(lambda m: isinstance(m, p.Done) and m.job == "d")
+    kinds = [(type(e).__name__, e.job) for e in events]
+    first_end = next(i for i, e in enumerate(events) if isinstance(e, p.Done))
+    # Three start before any ends; the fourth only once one has left.
+    assert kinds[:3] == [("Started", "a"), ("Started", "b"), ("Started", "c")]
+    assert kinds.index(("Started", "d")) > first_end
+    for job, seed in (("a", 1), ("b", 2), ("c", 3), ("d", 4)):
+        progress = [e.iteration for e in events if isinstance(e, p.Progress) and e.job == job]
+        assert progress == [3, 6]
+        done = ends(events)[job]
+        assert isinstance(done, p.Done) and done.seed == seed
+        assert Image.open(io.BytesIO(done.png)).getpixel((0, 0)) == (seed, 0, 0)
+    harness.close_input()
+    assert harness.join() == 0
+
+
+def test_cancelling_one_of_a_batch_leaves_the_others_running_to_their_end():
+    harness = served(FakeJobRunner(0.005, capacity=3))
+    for job in ("a", "b", "c"):
+        harness.send(submit(job, iterations=40, progress_every=1))
+    harness.recv_until(lambda m: isinstance(m, p.Progress) and m.job == "c")
+    harness.send(p.Cancel("b"))
+    got: list = []
+    while len(ends(got)) < 3:
+        got.append(harness.recv())
+    finished = ends(got)
+    assert finished["b"] == p.Cancelled("b")
+    assert isinstance(finished["a"], p.Done) and isinstance(finished["c"], p.Done)
+    cancelled_at = got.index(p.Cancelled("b"))
+    # The others went on after b left: their progress continues past that point.
+    assert any(isinstance(e, p.Progress) and e.job == "a" for e in got[cancelled_at:])
+    assert not any(isinstance(e, p.Progress) and e.job == "b" for e in got[cancelled_at:])
+    harness.close_input()
+    assert harness.join() == 0
+
+
+def test_shutdown_cancels_every_running_and_queued_job():
+    harness = served(FakeJobRunner(0.01, capacity=2))
+    for job in ("a", "b", "c"):
+        harness.send(submit(job, iterations=10_000, progress_every=0))
+    assert [harness.recv(), harness.recv()] == [p.Started("a"), p.Started("b")]
+    harness.send(p.Shutdown())
+    events = harness.recv_until(lambda m: m is None)
+    assert {e.job for e in events if isinstance(e, p.Cancelled)} == {"a", "b", "c"}
+    assert p.Started("c") not in events
+    assert harness.join() == 0
+
+
+def test_a_job_that_cannot_start_fails_and_the_running_ones_go_on():
+    harness = served(FakeJobRunner(0.005, capacity=2))
+    harness.send(submit("fine", iterations=20, progress_every=10))
+    harness.send(p.Submit("empty", (), width=32, height=32, iterations=4))
+    got = harness.recv_until(lambda m: isinstance(m, p.Done))
+    assert p.Failed("empty", "give at least one prompt", p.FAIL_PROMPT) in got
+    assert got[-1].job == "fine"
+    harness.close_input()
+    harness.join()
+
+
+class BrokenStepRunner(FakeJobRunner):
+    """A runner with a bug in its step once `broken` is set."""
+
+    broken = False
+
+    def step(self) -> None:
+        if self.broken:
+            self.broken = False
+            raise RuntimeError("a bug in the runner")
+        super().step()
+
+
+def test_a_runner_whose_step_breaks_fails_its_jobs_and_the_worker_keeps_serving():
+    runner = BrokenStepRunner(0.005, capacity=2)
+    harness = served(runner)
+    harness.send(submit("a", iterations=10_000, progress_every=1))
+    harness.recv_until(lambda m: isinstance(m, p.Progress))
+    runner.broken = True
+    failed = harness.recv_until(lambda m: isinstance(m, p.Failed))[-1]
+    assert failed == p.Failed("a", "internal engine error: RuntimeError: a bug in the runner",
+                              p.FAIL_INTERNAL)
+    harness.send(submit("b", iterations=2, progress_every=0))
+    assert harness.recv_until(lambda m: isinstance(m, p.Done))[-1].job == "b"
+    harness.close_input()
+    assert harness.join() == 0
+
 # -- the real process -------------------------------------------------------------------------
 
 WORKER = [sys.executable, "-m", "engine", "worker"]  # `vqgan-clip worker`
@@ -448,7 +554,8 @@ class Process:
 def test_process_stdout_carries_only_frames_even_when_libraries_print():
     code = (
         "import sys\n"
-        "from engine.worker import FakeJobRunner, serve_stdio\n"
+        "from engine.fake_runner import FakeJobRunner\n"
+        "from engine.worker import serve_stdio\n"
         "def load():\n"
         "    print('noise from a library'); sys.stdout.flush()\n"
         "    import os; os.write(1, b'noise from C\\n')\n"
@@ -501,6 +608,55 @@ def test_real_engine_on_tiny_models_streams_jpeg_progress_and_a_png_of_the_size(
     assert image.format == "PNG" and image.size == (48, 32)
 
 
+
+def test_process_with_fake_and_batch_3_says_capacity_3_and_runs_3_jobs_at_once():
+    process = Process([*WORKER, "--fake", "--batch", "3", "--fake-seconds-per-iteration", "0.005"])
+    for job in ("a", "b", "c"):
+        process.send(p.encode_message(submit(job, iterations=20, progress_every=0)))
+    messages = process.recv_until(lambda m: isinstance(m, p.Done), TIMEOUT)
+    assert isinstance(messages[0], p.Ready) and messages[0].capacity == 3
+    assert messages[1:4] == [p.Started("a"), p.Started("b"), p.Started("c")]
+    assert process.finish() == 0
+
+
+def test_real_engine_batches_jobs_of_one_size_and_a_job_of_another_size_waits(tiny_loaded):
+    from engine.generator_runner import GeneratorJobRunner
+
+    harness = served(GeneratorJobRunner(tiny_loaded, capacity=2))
+    harness.send(submit("a", width=32, height=32, iterations=3, cutn=2, seed=1, progress_every=1))
+    harness.send(submit("b", width=32, height=32, iterations=2, cutn=2, seed=2, progress_every=1))
+    harness.send(submit("wide", width=48, height=32, iterations=1, cutn=2, seed=3, progress_every=0))
+    events = harness.recv_until(lambda m: isinstance(m, (p.Done, p.Failed)) and m.job == "wide")
+    kinds = [(type(e).__name__, e.job) for e in events]
+    assert kinds[:2] == [("Started", "a"), ("Started", "b")]
+    # b leaves after its 2 iterations, a goes on alone; the other size waits for both.
+    assert kinds.index(("Done", "b")) < kinds.index(("Done", "a")) < kinds.index(("Started", "wide"))
+    assert [e.iteration for e in events if isinstance(e, p.Progress) and e.job == "a"] == [1, 2, 3]
+    done = ends(events)
+    assert all(isinstance(done[job], p.Done) for job in ("a", "b", "wide"))
+    assert Image.open(io.BytesIO(done["wide"].png)).size == (48, 32)
+    harness.close_input()
+    assert harness.join() == 0
+
+
+def test_the_worker_s_batch_and_compile_default_to_auto():
+    from engine.cli import build_parser
+
+    args = build_parser().parse_args(["worker"])
+    assert (args.batch, args.compile) == ("auto", "auto")
+    args = build_parser().parse_args(["worker", "--batch", "8", "--compile", "off"])
+    assert (args.batch, args.compile) == (8, "off")
+
+
+@pytest.mark.parametrize("value", ["0", "65", "many"])
+def test_a_bad_batch_is_a_usage_error(value, capsys):
+    from engine.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["worker", "--batch", value])
+    assert exit_info.value.code == 2
+    assert "--batch: the batch must be auto or a whole number from 1 to 64" in capsys.readouterr().err
+
 def noise_png(width: int, height: int) -> bytes:
     """An uncompressed PNG of noise: its file size is about width * height * 3 bytes."""
     buffer = io.BytesIO()
@@ -524,7 +680,7 @@ def test_a_worker_started_with_a_smaller_image_limit_fails_a_job_with_a_bigger_i
 
 def test_a_runner_with_a_larger_image_limit_runs_an_image_over_the_default(tiny_loaded):
     from engine.limits import DEFAULT_MAX_IMAGE_BYTES
-    from engine.worker import GeneratorJobRunner
+    from engine.generator_runner import GeneratorJobRunner
 
     image = noise_png(1700, 1700)
     assert len(image) > DEFAULT_MAX_IMAGE_BYTES
@@ -537,7 +693,7 @@ def test_a_runner_with_a_larger_image_limit_runs_an_image_over_the_default(tiny_
 
 def test_a_runner_refuses_an_image_over_its_limit_naming_it(tiny_loaded):
     from engine.errors import InputImageError
-    from engine.worker import GeneratorJobRunner
+    from engine.generator_runner import GeneratorJobRunner
 
     job = submit("masked", width=32, height=32, init_image=noise_png(8, 8),
                  mask_image=noise_png(32, 32))
@@ -565,7 +721,7 @@ def test_a_bad_image_limit_is_a_usage_error(value, capsys):
 
 def test_a_job_asking_for_no_progress_runs_and_reports_none(tiny_loaded):
     """`progress_every` 0 means no progress events (protocol); the generator wants at least 1."""
-    from engine.worker import GeneratorJobRunner
+    from engine.generator_runner import GeneratorJobRunner
 
     reported = []
     job = submit("quiet", width=32, height=32, iterations=2, cutn=2, progress_every=0)
