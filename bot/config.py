@@ -26,8 +26,7 @@ from typing import Literal
 
 from dotenv import dotenv_values
 
-from engine.limits import DEFAULT_MAX_IMAGE_BYTES
-from engine.protocol import MAX_CAPACITY
+from engine.limits import AUTO_BATCH_CPU, AUTO_BATCH_CUDA, DEFAULT_MAX_IMAGE_BYTES, MAX_BATCH
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +43,8 @@ _DEVICE_NAMES: dict[str, Device] = {"auto": "auto", "cuda": "cuda", "cpu": "cpu"
 DEVICES = tuple(_DEVICE_NAMES)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 CompileMode = Literal["auto", "on", "off"]
+#: ENGINE_COMPILE's values: the engine's `--compile` modes (engine.limits.COMPILE_MODES).
 _COMPILE_MODES: dict[str, CompileMode] = {"auto": "auto", "on": "on", "off": "off"}
-COMPILE_MODES = tuple(_COMPILE_MODES)
-#: The most jobs ENGINE_BATCH may ask the engine to optimise at once (`Ready.capacity`'s bound).
-MAX_ENGINE_BATCH = MAX_CAPACITY
 #: Every size must be a multiple of this: the VQGAN downsampling factor (16 for the f16
 #: models; the f8 models need 8, which 16 satisfies).
 SIZE_MULTIPLE = 16
@@ -390,7 +387,9 @@ class _Parser:
         return DEFAULTS[name] in _TRUE
 
     def engine_batch(self, name: str) -> int | None:
-        """ENGINE_BATCH: `auto` (None: the engine decides), or how many jobs at once."""
+        """ENGINE_BATCH: `auto` (None: the engine's default, `--batch auto`), or how many
+        jobs at once. Checked here too, so that a typo is told with the other settings
+        rather than as an engine that does not start."""
         value = self._value(name)
         if value.lower() == "auto":
             return None
@@ -398,12 +397,13 @@ class _Parser:
             number = int(value)
         except ValueError:
             number = 0
-        if not 1 <= number <= MAX_ENGINE_BATCH:
+        if not 1 <= number <= MAX_BATCH:
             self._fail(
                 name,
-                f"{value!r} is not auto or a whole number from 1 to {MAX_ENGINE_BATCH}; set "
-                f"{name}=auto for the engine's default, {name}=1 to run one image at a time, "
-                f"or e.g. {name}=4 to optimise up to 4 images of one size together",
+                f"{value!r} is not auto or a whole number from 1 to {MAX_BATCH}; set "
+                f"{name}=auto for the engine's default ({AUTO_BATCH_CUDA} on a GPU, "
+                f"{AUTO_BATCH_CPU} on the CPU), {name}=1 to run one image at a time, or e.g. "
+                f"{name}=4 to optimise up to 4 images of one size together",
             )
             return None
         return number

@@ -7,11 +7,13 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
 from bot.config import (
     DEFAULTS,
+    CompileMode,
     SETTING_NAMES,
     TOKEN_PLACEHOLDER,
     ConfigError,
@@ -19,6 +21,7 @@ from bot.config import (
     format_settings,
     load_settings,
 )
+from engine.limits import AUTO_BATCH_CUDA, COMPILE_MODES
 from tests.bot.conftest import FAKE_TOKEN
 
 EXAMPLE_FILE = Path(__file__).resolve().parents[2] / "config.example.env"
@@ -186,12 +189,19 @@ def test_a_bad_engine_batch_names_the_range_and_how_to_turn_batching_off() -> No
     (problem,) = problems_for({"ENGINE_BATCH": "100"})
     assert "'100'" in problem and "1 to 64" in problem
     assert "ENGINE_BATCH=auto" in problem and "ENGINE_BATCH=1" in problem
+    assert f"{AUTO_BATCH_CUDA} on a GPU" in problem
 
 
 @pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), ("ON", "on"), ("off", "off")])
 def test_engine_compile_is_auto_on_or_off_in_any_case(value: str, expected: str) -> None:
     settings = load_settings(None, {"DISCORD_TOKEN": FAKE_TOKEN, "ENGINE_COMPILE": value})
     assert settings.engine_compile == expected
+
+
+def test_engine_compile_takes_exactly_the_engines_compile_modes() -> None:
+    for mode in COMPILE_MODES:
+        assert load_settings(None, {"DISCORD_TOKEN": FAKE_TOKEN, "ENGINE_COMPILE": mode}).engine_compile == mode
+    assert set(get_args(CompileMode)) == set(COMPILE_MODES)
 
 
 def test_a_bad_engine_compile_says_what_each_mode_does() -> None:
