@@ -4,7 +4,9 @@ random models (tests/conftest.py `tiny_models`) -> back to the channel.
 Slow-ish (the worker imports torch and loads the models once per test), so only the
 journeys that matter: `/imagine` and `/edit` with an attachment, a worker killed mid-job
 (crash -> Retry -> the retry succeeds), a short job's first preview, and a queue whose
-waiting messages follow it.
+waiting messages follow it. And on the worker's fake runner (`--fake`, no torch), which
+serves several jobs at once like the real one (`--batch 3`): three members' jobs computing
+together, one cancelled while the others finish.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import io
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -197,3 +200,49 @@ async def test_waiting_messages_follow_the_queue_with_a_real_engine(real_engine:
         assert "Starting" in told[len(places)]
         assert any("(#1)" in body["embeds"][0]["description"] for body in world.job_edits(second.id))
         assert_no_place_shown_twice(world)
+
+
+@pytest.fixture
+async def batching_engine() -> AsyncIterator[RealEngine]:
+    """The engine process on its fake runner, three jobs at once: 0.05 s a step."""
+    command = [sys.executable, "-m", "engine", "worker", "--fake", "--batch", "3",
+               "--fake-seconds-per-iteration", "0.05"]
+    client = EngineClient(command, ready_timeout=120)
+    await client.start()
+    try:
+        yield RealEngine(client)
+    finally:
+        await client.close()
+
+
+async def test_three_members_jobs_compute_at_once_in_a_batching_engine_and_a_cancel_stops_one(
+    batching_engine: RealEngine,
+) -> None:
+    # 100 steps of 0.05 s: 5 s together, time enough to see all three computing.
+    settings = {**E2E_SETTINGS, "default_iterations": 100}
+    async with running_world(batching_engine, **settings) as world:  # type: ignore[arg-type]
+        assert batching_engine.ready_info is not None and batching_engine.ready_info.capacity == 3
+        members = (world.alice, world.bob, world.mod)
+        for member in members:
+            await member.slash(world.channel, "imagine", prompt=f"by {member.name}")
+        alice, bob, mod = await world.services.store.jobs_with_status()
+        running = world.services.running
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + JOB_TIMEOUT
+        while not (len(running) == 3 and all(job.iteration >= 1 for job in running.values())):
+            assert loop.time() < deadline, "the three jobs never computed at once"
+            await asyncio.sleep(0.01)
+        # All three have progressed and none has ended: they compute together.
+        assert all(job.iteration < job.total for job in running.values())
+
+        message = next(m for m in world.bot_messages() if m.id == bob.progress_message_id)
+        await world.bob.click(message, label="Cancel")
+
+        cancelled = await ended(world, bob.id)
+        assert cancelled.status is JobStatus.CANCELLED
+        assert alice.id in running and mod.id in running  # the others go on
+        for job in (await ended(world, alice.id), await ended(world, mod.id)):
+            assert job.status is JobStatus.DONE, job.error
+            (result,) = [m for m in world.bot_messages() if m.id == job.result_message_id]
+            assert result.content.startswith(f"<@{job.user_id}>") and result.attachments
+            assert job.iterations == 100
