@@ -6,8 +6,9 @@ among those with queued jobs (users never served yet come first, in the order th
 oldest queued job arrived); within a user, jobs run in the order they were submitted.
 Example: A queues A1 A2 A3, then B queues B1 -> A1, B1, A2, A3.
 
-`position()` and `iterations_ahead()` replay exactly the rule `next()` uses, so the "#2" a
-member is told is the order things will run in (until someone new joins the queue).
+`position()` and `queued_jobs()` replay exactly the rule `next()` uses, so the "#2" a
+member is told is the order things will run in (until someone new joins the queue); the
+ETAs (`bot.eta`) play the same order forward.
 
 A job handed out by `next()`/`pop_nowait()` has left the queue but still *runs* for its
 user, and keeps its place under the per-user cap, until the runner calls `finish()`
@@ -219,14 +220,6 @@ class Scheduler:
             if job.id == job_id:
                 return place
         raise AssertionError("unreachable: every entry is in the run order")
-
-    def iterations_ahead(self) -> Iterator[tuple[Job, int]]:
-        """Each queued job in run order, with the iterations of the jobs before it: what
-        every estimate of when a job starts is made of (`bot.eta`)."""
-        ahead = 0
-        for job in self._run_order():
-            yield job, ahead
-            ahead += job.iterations
 
     def queued_count(self, user_id: int | None = None) -> int:
         """Jobs waiting, in total or for one user."""

@@ -249,14 +249,6 @@ def test_queued_jobs_lists_run_order_without_taking_them() -> None:
     assert len(s) == 3
 
 
-def test_iterations_ahead_follow_the_run_order() -> None:
-    s = Scheduler(max_queued_per_user=None)
-    s.submit(job(A, "a1", iterations=100))
-    s.submit(job(A, "a2", iterations=300))
-    s.submit(job(B, "b1", iterations=200))  # runs second: a1, b1, a2
-    assert [(j.id, ahead) for j, ahead in s.iterations_ahead()] == [("a1", 0), ("b1", 100), ("a2", 300)]
-
-
 def test_the_queue_reports_every_move() -> None:
     s = Scheduler(max_queued_per_user=None)
     moves: list[int] = []
