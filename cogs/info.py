@@ -7,9 +7,9 @@ The help text lives here as constants so that tests and README can quote the sam
 examples, and so the grammar stays described in one place on the Discord side
 (the grammar itself is `engine/prompts.py`).
 
-The quota wording below is shared with `cogs/admin.py`, so `/usage` and
-`/quota show @user` describe a quota in exactly the same words; times and ETAs come from
-`bot.render` and `bot.eta`, as in the job messages.
+`/usage` and `/quota show @user` describe a quota in exactly the same words
+(`bot.render.quotas`); times and ETAs come from `bot.render` and `bot.eta`, as in the job
+messages.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from bot.app import ImagineBot
 from bot.eta import estimate, running_remaining, seconds_per_iteration
 from bot.jobs import Job
 from bot.permissions import is_admin, member_role_ids
-from bot.quota_status import QuotaSource, QuotaStatus
 from bot.render import discord_relative_time, format_duration, quoted
 from bot.requests import member_iterations, member_shape, shape_size
 from bot.services import Services
@@ -117,46 +116,6 @@ def help_embed(*, admin: bool = False) -> discord.Embed:
     return embed
 
 
-# ------------------------------------------------------------------ quota wording
-
-
-def describe_limit(limit: int | None) -> str:
-    """A limit as words: `unlimited`, `0 images (may not make images)`, `5 images per 24 h`."""
-    if limit is None:
-        return "unlimited"
-    if limit == 0:
-        return "0 images (may not make images)"
-    noun = "image" if limit == 1 else "images"
-    return f"{limit} {noun} per 24 h"
-
-
-#: Why a limit applies, in the order `QuotaPolicy.limit_for` decides it.
-QUOTA_SOURCE_TEXT: dict[QuotaSource, str] = {
-    QuotaSource.OVERRIDE: "a personal limit set by an admin",
-    QuotaSource.ROLE: "from an unlimited role",
-    QuotaSource.GUILD_DEFAULT: "this server's default",
-    QuotaSource.DEFAULT: "the bot's default",
-}
-
-
-def format_quota_status(status: QuotaStatus, now: float) -> str:
-    """The body shared by `/usage` and `/quota show @member`: limit and why, used, left,
-    and when the next slot frees (a Discord timestamp each reader sees in their own time)."""
-    lines = [f"Quota: **{describe_limit(status.limit)}** ({QUOTA_SOURCE_TEXT[status.source]})."]
-    if status.unlimited:
-        lines.append(f"Used in the last 24 h: {status.used}.")
-        return "\n".join(lines)
-    lines.append(f"Used in the last 24 h: {status.used} · left: {status.remaining}.")
-    if status.resets_at is not None:
-        wait = format_duration(max(0.0, status.resets_at - now))
-        when = f"{discord_relative_time(status.resets_at)} (in {wait})"
-        if status.remaining == 0:
-            lines.append(f"Next image possible {when}.")
-        else:
-            lines.append(f"Next slot frees {when}.")
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------ member defaults
 
 
@@ -204,11 +163,7 @@ class Info(commands.Cog):
         status = await services.quotas.check(
             guild_id, interaction.user.id, member_role_ids(interaction.user, guild_id)
         )
-        where = "on this server" if guild_id is not None else "in direct messages"
-        text = (
-            f"**Your images {where}**\n{format_quota_status(status, services.quotas.clock())}\n"
-            "-# Each image counts for 24 h after you asked for it; failed and cancelled ones are free."
-        )
+        text = render.usage_text(status, services.quotas.clock(), in_server=guild_id is not None)
         if guild_id is not None:
             member = await services.store.get_member_settings(guild_id, interaction.user.id)
             text += "\n" + render.usage_defaults(member_defaults_lines(services, member))

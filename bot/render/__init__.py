@@ -19,6 +19,7 @@ One module per feature, re-exported here, in this order:
   Info, Timelapse, Retry);
 - `your_jobs`: `/jobs` and `/cancel`;
 - `settings`: `/settings`, members' own defaults;
+- `quotas`: the refusal when a quota is used up, `/usage`, and the admins' `/quota`;
 - `status`, `blocklist`, `stats`: the admins' `/status`, `/blocklist` and `/stats`.
 
 The modules under `bot.render` import only plain data (`bot.jobs`, `bot.quota_status`,
@@ -176,6 +177,27 @@ from bot.render.settings import (
     settings_reset_conflict,
     settings_text,
     usage_defaults,
+)
+
+# ---- quotas: the refusal, /usage, /quota (admins)
+from bot.render.quotas import (
+    QUOTA_CHOOSE_ONE,
+    QUOTA_SOURCE_TEXT,
+    SHOW_MAX_OVERRIDES,
+    describe_limit,
+    limit_with_source,
+    member_quota,
+    quota_default_reset,
+    quota_default_set,
+    quota_exceeded,
+    quota_reset,
+    quota_set,
+    quota_status_text,
+    role_not_unlimited,
+    role_unlimited,
+    server_default_quota,
+    server_quotas,
+    usage_text,
 )
 
 # ---- /status (admins)
