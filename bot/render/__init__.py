@@ -18,6 +18,7 @@ One module per feature, re-exported here, in this order:
 - `buttons`: the job buttons' labels, the edit modal, and what the buttons answer (Cancel,
   Info, Timelapse, Retry);
 - `your_jobs`: `/jobs` and `/cancel`;
+- `help`, `queue`: `/help` and `/queue`;
 - `settings`: `/settings`, members' own defaults;
 - `quotas`: the refusal when a quota is used up, `/usage`, and the admins' `/quota`;
 - `status`, `blocklist`, `stats`: the admins' `/status`, `/blocklist` and `/stats`.
@@ -167,6 +168,22 @@ from bot.render.your_jobs import (
     not_your_job,
     stopping,
     unknown_job,
+)
+
+# ---- /help and /queue
+from bot.render.help import (
+    HELP_ADMIN_FIELD,
+    HELP_DESCRIPTION,
+    HELP_FIELDS,
+    HELP_TITLE,
+    help_embed,
+)
+from bot.render.queue import (
+    PROMPT_PREVIEW_CHARS,
+    QUEUE_EMPTY,
+    RunningNow,
+    YourWaitingJob,
+    queue_text,
 )
 
 # ---- /settings: members' own defaults
