@@ -21,7 +21,8 @@ One module per feature, re-exported here, in this order:
 - `help`, `queue`: `/help` and `/queue`;
 - `settings`: `/settings`, members' own defaults;
 - `quotas`: the refusal when a quota is used up, `/usage`, and the admins' `/quota`;
-- `status`, `blocklist`, `stats`: the admins' `/status`, `/blocklist` and `/stats`.
+- `status`, `blocklist`, `stats`: the admins' `/status`, `/blocklist` and `/stats`;
+- `sandbox`: the sandbox page's channel topic and welcome (`vqgan-clip-bot --sandbox`).
 
 The modules under `bot.render` import only plain data (`bot.jobs`, `bot.quota_status`,
 `bot.engine_status`, the figures of `bot.stats`) and discord, never the services or the
@@ -246,4 +247,10 @@ from bot.render.stats import (
     failure_cause,
     stat_duration,
     stats_embed,
+)
+
+# ---- the sandbox page (vqgan-clip-bot --sandbox)
+from bot.render.sandbox import (
+    sandbox_topic,
+    sandbox_welcome,
 )
