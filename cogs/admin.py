@@ -219,7 +219,7 @@ class Admin(commands.Cog):
             services.engine.status,
             queued=len(services.scheduler),
             running=None if running is None else (running.job_id, running.iteration, running.total),
-            finished_today={status.value: count for status, count in finished.items()},
+            finished_today=finished,
             configured_models=(settings.vqgan_model, settings.clip_model),
         )
         await interaction.response.send_message(embed=embed, ephemeral=True)

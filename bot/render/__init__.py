@@ -3,10 +3,9 @@
 Issue 11's rule: "Every user-visible string goes through one rendering module." This is
 that module. Callers write `from bot import render` and `render.queue_full(...)`, raise
 a `UserError` with a text from here, or send an embed built here; the wording lives
-nowhere else. Pure functions from plain data
-to text and `discord.Embed`s, so tests check the wording without a running bot. User text
-shown back (prompts, phrases, file names) goes through `user_text` or `quoted`: Markdown
-escaped, mentions defused.
+nowhere else. Pure functions from plain data to text and `discord.Embed`s, so tests check
+the wording without a running bot. User text shown back (prompts, phrases, file names)
+goes through `user_text` or `quoted`: Markdown escaped, mentions defused.
 
 One module per feature, re-exported here, in this order:
 - `text`: the pieces every text is made of (user text made safe, times, links, colours);
@@ -15,8 +14,8 @@ One module per feature, re-exported here, in this order:
   apology for a bug;
 - `attachments`: refusals of uploaded images;
 - `edit_source`: which image an edit starts from;
-- `buttons`: the job buttons' labels, the edit modal, and what the buttons answer (Cancel,
-  Info, Timelapse, Retry);
+- `buttons`: the job buttons' labels and emoji, the edit modal, and what the buttons answer
+  (Cancel, Info, Timelapse, Retry);
 - `your_jobs`: `/jobs` and `/cancel`;
 - `help`, `queue`: `/help` and `/queue`;
 - `settings`: `/settings`, members' own defaults;
@@ -39,6 +38,7 @@ from bot.render.text import (
     COLOUR_QUEUED,
     COLOUR_RUNNING,
     FIELD_LIMIT,
+    JOB_STATUS_WORDS,
     TITLE_LIMIT,
     discord_relative_time,
     format_duration,
@@ -54,6 +54,7 @@ from bot.render.job_messages import (
     ENGINE_CRASHED,
     ENGINE_SHUT_DOWN,
     INPUT_IMAGE_GONE,
+    JOB_NOT_POSTED,
     NOT_RESUMED_TEXT,
     REPLACE_LIMIT,
     apology_embed,
@@ -63,6 +64,7 @@ from bot.render.job_messages import (
     engine_refused,
     failed_content,
     failed_embed,
+    internal_error,
     interrupted_embed,
     job_link,
     job_not_sent,
@@ -120,20 +122,32 @@ from bot.render.edit_source import (
 
 # ---- the job buttons and the edit modal
 from bot.render.buttons import (
+    CANCEL_EMOJI,
     CANCEL_LABEL,
     CANNOT_POST_TIMELAPSE,
+    EDIT_EMOJI,
     EDIT_LABEL,
     EDIT_MODAL_TITLE,
     EDIT_PROMPT_LABEL,
     EDIT_PROMPT_PLACEHOLDER,
     EDIT_REPLACE_LABEL,
     EDIT_REPLACE_PLACEHOLDER,
+    EDIT_VERB,
+    INFO_EMOJI,
     INFO_LABEL,
+    INFO_VERB,
+    REROLL_EMOJI,
     REROLL_LABEL,
+    RETRY_EMOJI,
     RETRY_LABEL,
+    RETRY_SMALLER_EMOJI,
     RETRY_SMALLER_LABEL,
+    TIMELAPSE_EMOJI,
     TIMELAPSE_LABEL,
+    TIMELAPSE_VERB,
+    VARY_EMOJI,
     VARY_LABEL,
+    VARY_VERB,
     cancel_too_late,
     info_embed,
     job_forgotten,
@@ -220,6 +234,7 @@ from bot.render.quotas import (
 
 # ---- /status (admins)
 from bot.render.status import (
+    ENGINE_STATE_WORDS,
     STATUS_COLOURS,
     STATUS_ERROR_LIMIT,
     code_block,
