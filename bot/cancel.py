@@ -3,9 +3,9 @@ engine, or computing. Used by the Cancel button; the caller has checked the clic
 
 The job runner and this module share the state a cancel needs through `Services`: the
 queue, and `services.running` (the jobs that left the queue, each with `submitted` once
-the engine has it; cancelling one leaves the others running). A waiting job ends here at once; a running one is marked, the engine is
-asked to stop it if it has it, and the runner ends it when the engine says so (or,
-before submitting, when it sees the mark).
+the engine has it). A waiting job ends here at once; a running one is marked, the engine
+is asked to stop it if it has it, and the runner ends it when the engine says so (or,
+before submitting, when it sees the mark); the other running jobs go on.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ async def cancel_job(services: Services, job_id: str, *, by_user_id: int | None 
             job = await services.store.mark_cancelled(job_id)
         except JobStateError as error:
             services.messages.release(job_id)  # out of the queue: its place is free
-            return render.cancel_lost_race(job_id, error.current.value)
+            return render.cancel_lost_race(job_id, error.current)
         await services.messages.cancelled(job, by_user_id)
         return render.cancelled_before_start(job_id)
     running = services.running.get(job_id)
@@ -36,7 +36,7 @@ async def cancel_job(services: Services, job_id: str, *, by_user_id: int | None 
     if stored is None:
         return render.no_record_of_job(job_id)
     if stored.status.is_finished:
-        return render.already_ended(job_id, stored.status.value)
+        return render.already_ended(job_id, stored.status)
     # Queued in the store but in no queue (should not happen): settle it.
     cancelled = await services.store.mark_cancelled(job_id)
     await services.messages.cancelled(cancelled, by_user_id)

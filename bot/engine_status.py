@@ -11,7 +11,8 @@ from engine import protocol as p
 
 
 class EngineState(StrEnum):
-    """Where the engine is in its life; the value is how `/status` says it."""
+    """Where the engine is in its life (the value is its name in the log; `/status` says it
+    with `render.ENGINE_STATE_WORDS`)."""
 
     NOT_STARTED = "not started"
     #: `start()` is loading the models (a retry after a failed start stays `down`).

@@ -85,7 +85,7 @@ async def enqueue(services: Services, interaction: discord.Interaction, request:
         except discord.HTTPException as error:
             log.warning("job %s: cannot post its message in channel %s: %s",
                         job.id, job.channel_id, error)
-            await services.store.mark_failed(job.id, "the job's message could not be posted")
+            await services.store.mark_failed(job.id, render.JOB_NOT_POSTED)
             raise RequestRejected(render.CANNOT_POST_JOB) from None
         job = await services.store.update_job(job.id, progress_message_id=message.id)
         # Queueing moves the queue: `bot.queue_notes` fills in this message's place and

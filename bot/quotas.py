@@ -24,9 +24,9 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
+from bot import render
 from bot.errors import UserError
 from bot.quota_status import QuotaSource, QuotaStatus
-from bot.render import discord_relative_time, format_duration
 from bot.store import Clock, QuotaLimit, Store
 
 WINDOW_SECONDS = 24 * 60 * 60
@@ -34,31 +34,13 @@ WINDOW_SECONDS = 24 * 60 * 60
 T = TypeVar("T")
 
 
-def exceeded_message(status: QuotaStatus, now: float) -> str:
-    """The message shown when a member is out of quota: how much was used, when it frees."""
-    if status.limit == 0:
-        return (
-            "You can't make images on this server: your daily quota is 0. "
-            "Ask a server admin if you think that's a mistake."
-        )
-    noun = "image" if status.limit == 1 else "images"
-    text = f"You have used {status.used} of {status.limit} {noun} in the last 24 h"
-    if status.resets_at is None:  # cannot happen with used >= limit > 0; be safe anyway
-        return text + "."
-    wait = max(0.0, status.resets_at - now)
-    return (
-        f"{text}; your next one frees up in {format_duration(wait)} "
-        f"({discord_relative_time(status.resets_at)})."
-    )
-
-
 class QuotaExceeded(UserError):
-    """The member may not queue another image now. `str(e)` is the message to show."""
+    """The member may not queue another image now (`status`, at `now`). `str(e)` is the
+    message to show (`render.quota_exceeded`)."""
 
-    def __init__(self, status: QuotaStatus, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, status: QuotaStatus, now: float) -> None:
+        super().__init__(render.quota_exceeded(status, now))
         self.status = status
-        self.message = message
 
 
 class QuotaPolicy:
@@ -134,7 +116,7 @@ class QuotaPolicy:
         """Like `check`, but raises `QuotaExceeded` if the member may not queue one more."""
         status = await self.check(guild_id, user_id, role_ids)
         if not status.allowed:
-            raise QuotaExceeded(status, exceeded_message(status, self.clock()))
+            raise QuotaExceeded(status, self.clock())
         return status
 
     async def admit(
@@ -163,5 +145,4 @@ __all__ = [
     "WINDOW_SECONDS",
     "QuotaExceeded",
     "QuotaPolicy",
-    "exceeded_message",
 ]

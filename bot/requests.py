@@ -222,7 +222,7 @@ def vary_request(settings: Settings, results_dir: Path, job: Job) -> JobRequest:
     (`full_iterations`), so a Vary of a Vary (or of its Reroll) is as long as the first."""
     source = stored_input(results_dir, job.result_path) if job.result_path else None
     if source is None:
-        raise RequestRejected(render.no_result_text(job, "vary"))
+        raise RequestRejected(render.no_result_text(job, render.VARY_VERB))
     params = job.params
     full = int(params.get("full_iterations") or job.iterations)
     width, height = job_size(settings, job)

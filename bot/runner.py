@@ -411,7 +411,7 @@ class JobRunner:
         with contextlib.suppress(Exception):
             await self.services.engine.cancel(job.id)
         try:
-            job = await self.services.store.mark_failed(job.id, f"internal error (job {job.id})",
+            job = await self.services.store.mark_failed(job.id, render.internal_error(job.id),
                                                         failure=protocol.FAIL_INTERNAL)
         except Exception:
             log.exception("job %s: could not mark it failed", job.id)

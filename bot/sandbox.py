@@ -33,7 +33,8 @@ What the sandbox adds to SimCord's page, and why:
 
 Members: "you" and "friend" (ordinary members) and "mod" (Manage Server), switched with
 the page's "Viewing as" picker. The page has no message context menus ("Edit image"); the
-Edit button and `/edit` do the same, and the welcome message says so.
+Edit button and `/edit` do the same, and the welcome message says so (the page's texts, its
+channel topic and welcome, are `bot.render.sandbox`'s).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def _without_warnings_from(*loggers: str) -> Iterator[None]:
 with _without_warnings_from("discord.state", "discord.client"):
     import simcord
 
+from bot import render
 from bot.app import ImagineBot
 from bot.config import Settings
 from bot.engine_client import EngineClient, EngineStartError, worker_command_for
@@ -254,57 +256,6 @@ async def plan_sandbox(settings: Settings, data_dir: Path) -> SandboxPlan:
     return SandboxPlan(sandbox_settings(settings, data_dir, tiny_models_dir=tiny_dir), True, configured)
 
 
-# ---------------------------------------------------------------------- the page's texts
-
-
-def channel_topic(plan: SandboxPlan) -> str:
-    """The channel topic, always in view at the top of the page."""
-    if plan.tiny_models:
-        return ("Sandbox: a simulated Discord on this computer. Tiny random models: the images "
-                "are noise without real weights.")
-    return f"Sandbox: a simulated Discord on this computer. Models: {plan.configured_models}."
-
-
-def welcome_embed(plan: SandboxPlan, kept_in: Path | None, device: str | None) -> discord.Embed:
-    """The bot's first message in the channel: what this page is and how to use it
-    (`device`: where the engine runs, when it has said so)."""
-    embed = discord.Embed(
-        title="VQGAN-CLIP sandbox",
-        description=(
-            "The real bot and image engine in a simulated Discord: no token, and nothing "
-            "leaves this computer.\n"
-            "Type `/imagine a forest rendered in low poly` below, then try **Reroll**, "
-            "**Vary**, **Edit**, **Info**, **Timelapse** and **Cancel**. `/help` explains the "
-            "prompt grammar."
-        ),
-        colour=discord.Colour.blurple(),
-    )
-    embed.add_field(
-        name="Members",
-        value="Switch with **Viewing as** at the top. *you* and *friend* are ordinary members; "
-              "*mod* has Manage Server: `/quota`, `/status`, `/blocklist`, `/stats`, and "
-              "cancelling anyone's job.",
-        inline=False,
-    )
-    embed.add_field(
-        name="No right-click menus here",
-        value="The page has no message context menus, so **Edit image** (right-click a "
-              "message -> Apps) is missing. The **Edit** button and `/edit` do the same.",
-        inline=False,
-    )
-    if plan.tiny_models:
-        models = ("**Tiny random models: the images are noise.** The configured models "
-                  f"({plan.configured_models}) are not in MODEL_DIR; these only show the "
-                  "machinery. `vqgan-clip download --list` shows how to get the real ones.")
-    else:
-        models = f"{plan.configured_models}, on {device or 'the ' + plan.settings.device + ' device'}"
-    embed.add_field(name="Models", value=models, inline=False)
-    data = (f"kept in `{kept_in}`" if kept_in is not None
-            else "throwaway: deleted when the sandbox stops (`--sandbox-data DIR` keeps them)")
-    embed.add_field(name="Database and images", value=data, inline=False)
-    return embed
-
-
 # ---------------------------------------------------------------------- the sandbox
 
 
@@ -370,7 +321,8 @@ class Sandbox:
         _record_only_bugs(env)  # before start: SimCord hands its recorder out then
         guild = env.create_guild("VQGAN-CLIP sandbox")
         mods = guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
-        self.channel = guild.create_text_channel("imagine", topic=channel_topic(self.plan))
+        self.channel = guild.create_text_channel("imagine", topic=render.sandbox_topic(
+            tiny_models=self.plan.tiny_models, configured_models=self.plan.configured_models))
         self.engine.attach(env)
         await env.start()
         self._stack.push_async_callback(env.shutdown)
@@ -387,7 +339,10 @@ class Sandbox:
         channel = bot.get_channel(self.channel.id)
         assert isinstance(channel, discord.TextChannel)
         ready = self.engine.ready_info
-        await channel.send(embed=welcome_embed(self.plan, self.kept_in, ready.device if ready else None))
+        await channel.send(embed=render.sandbox_welcome(
+            tiny_models=self.plan.tiny_models, configured_models=self.plan.configured_models,
+            device_setting=self.plan.settings.device, device=ready.device if ready else None,
+            kept_in=self.kept_in))
         self.preview = await self._stack.enter_async_context(env.preview(
             self.channel, viewers=[self.members[name] for name in MEMBERS], layout="channel",
             port=self.port))

@@ -110,7 +110,7 @@ class CancelButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], templa
     PREFIX = CANCEL_PREFIX
     LABEL = render.CANCEL_LABEL
     STYLE = discord.ButtonStyle.secondary
-    EMOJI = "✖️"
+    EMOJI = render.CANCEL_EMOJI
 
     async def on_click(self, interaction: discord.Interaction, services: Services, job: Job) -> None:
         if not may_manage(interaction, job.user_id):
@@ -127,7 +127,7 @@ class RerollButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], templa
     PREFIX = REROLL_PREFIX
     LABEL = render.REROLL_LABEL
     STYLE = discord.ButtonStyle.primary
-    EMOJI = "🎲"
+    EMOJI = render.REROLL_EMOJI
 
     async def on_click(self, interaction: discord.Interaction, services: Services, job: Job) -> None:
         request = reroll_request(services.settings, services.results_dir, job)
@@ -140,11 +140,11 @@ class EditButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], template
     PREFIX = EDIT_PREFIX
     LABEL = render.EDIT_LABEL
     STYLE = discord.ButtonStyle.secondary
-    EMOJI = "✏️"
+    EMOJI = render.EDIT_EMOJI
 
     async def on_click(self, interaction: discord.Interaction, services: Services, job: Job) -> None:
         if job.status is not JobStatus.DONE or not job.result_path:
-            raise UserError(render.no_result_text(job, "edit"))
+            raise UserError(render.no_result_text(job, render.EDIT_VERB))
         source = stored_input(services.results_dir, job.result_path)
         assert source is not None, "a path in, an image out"
         message = interaction.message
@@ -165,7 +165,7 @@ class RetryButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], templat
     PREFIX = RETRY_PREFIX
     LABEL = render.RETRY_LABEL
     STYLE = discord.ButtonStyle.primary
-    EMOJI = "🔁"
+    EMOJI = render.RETRY_EMOJI
 
     async def on_click(self, interaction: discord.Interaction, services: Services, job: Job) -> None:
         await submit_and_answer(interaction, retry_request(services.settings, services.results_dir, job))
@@ -178,7 +178,7 @@ class RetrySmallerButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button],
     PREFIX = RETRY_SMALLER_PREFIX
     LABEL = render.RETRY_SMALLER_LABEL
     STYLE = discord.ButtonStyle.secondary
-    EMOJI = "🔽"
+    EMOJI = render.RETRY_SMALLER_EMOJI
 
     async def on_click(self, interaction: discord.Interaction, services: Services, job: Job) -> None:
         await submit_and_answer(interaction, retry_request(services.settings, services.results_dir,
@@ -192,7 +192,7 @@ class VaryButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], template
     PREFIX = VARY_PREFIX
     LABEL = render.VARY_LABEL
     STYLE = discord.ButtonStyle.primary
-    EMOJI = "🔀"
+    EMOJI = render.VARY_EMOJI
 
     async def on_click(self, interaction: discord.Interaction, services: Services, job: Job) -> None:
         request = vary_request(services.settings, services.results_dir, job)
@@ -206,10 +206,10 @@ class InfoButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], template
     PREFIX = INFO_PREFIX
     LABEL = render.INFO_LABEL
     STYLE = discord.ButtonStyle.secondary
-    EMOJI = "ℹ️"
+    EMOJI = render.INFO_EMOJI
 
     async def on_click(self, interaction: discord.Interaction, services: Services, job: Job) -> None:
-        png = await _result_png(services, job, "describe")
+        png = await _result_png(services, job, render.INFO_VERB)
         metadata = await asyncio.to_thread(png_text, png)
         command = shell_command(reproduce_argv(job, metadata))
         await answer(interaction, embed=render.info_embed(job, metadata, command,
@@ -225,7 +225,7 @@ class TimelapseButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button],
     PREFIX = TIMELAPSE_PREFIX
     LABEL = render.TIMELAPSE_LABEL
     STYLE = discord.ButtonStyle.secondary
-    EMOJI = "🎞️"
+    EMOJI = render.TIMELAPSE_EMOJI
 
     #: Jobs whose timelapse this process is posting now. Checked and claimed with no await
     #: in between (the event loop runs one callback at a time), and the job re-read after
@@ -247,7 +247,8 @@ class TimelapseButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button],
 
 
 async def _result_png(services: Services, job: Job, what: str) -> bytes:
-    """The result's PNG, or a `UserError` saying why there is none."""
+    """The result's PNG, or a `UserError` saying why there is none (`what`: the button's
+    verb, `render.INFO_VERB`, ...)."""
     if job.status is not JobStatus.DONE or not job.result_path:
         raise UserError(render.no_result_text(job, what))
     try:
@@ -277,7 +278,7 @@ async def _post_timelapse(interaction: discord.Interaction, services: Services, 
         except discord.HTTPException as error:  # can't look: better a link than a duplicate
             log.warning("job %s: could not check its timelapse message: %s", job.id, error)
             return render.timelapse_already_text(posted)
-    png = await _result_png(services, job, "animate")
+    png = await _result_png(services, job, render.TIMELAPSE_VERB)
     frames = await asyncio.to_thread(kept_frames, services.results_dir, job.id)
     if not frames:
         raise UserError(render.no_timelapse_text(job))

@@ -13,7 +13,7 @@ unlimited is always said with an explicit `unlimited:True` option (or the role c
 so no number ever means two things. The command descriptions say so.
 
 All answers are ephemeral (quota decisions are between admins, not a channel
-announcement) and say what changed, from what to what.
+announcement) and say what changed, from what to what (`bot.render.quotas`).
 
 `/status` is where an admin learns why images wait: the engine's state, device and models,
 and its last error in full. Members only ever read "the image engine is down"; the error
@@ -38,19 +38,11 @@ from bot.permissions import admin_only, member_role_ids, require_admin
 from bot.quota_status import QuotaStatus
 from bot.stats import guild_stats
 from bot.store import AddOutcome
-from cogs.info import QUOTA_SOURCE_TEXT, describe_limit, format_quota_status
 
 #: The largest number of images `/quota set` and `/quota default` accept: far beyond what
 #: one GPU makes in 24 h, so it never gets in the way, while keeping typos like
 #: 2000000000 out of the database.
 MAX_IMAGES = 100_000
-#: How many per-member quotas `/quota show` lists before saying "... and N more"
-#: (a Discord message holds 2000 characters).
-SHOW_MAX_OVERRIDES = 25
-
-CHOOSE_ONE_MESSAGE = (
-    "Say how many: `images:N` (0 = may not make images) or `unlimited:True`, one of the two."
-)
 
 Images = app_commands.Range[int, 0, MAX_IMAGES]
 
@@ -74,11 +66,6 @@ def guild_id(interaction: discord.Interaction) -> int:
     """The server an admin command runs in (`require_admin` refuses it anywhere else)."""
     assert interaction.guild_id is not None, "require_admin lets no command run outside a server"
     return interaction.guild_id
-
-
-def limit_with_source(status: QuotaStatus) -> str:
-    """`5 images per 24 h (this server's default)`."""
-    return f"{describe_limit(status.limit)} ({QUOTA_SOURCE_TEXT[status.source]})"
 
 
 class Admin(commands.Cog):
@@ -127,19 +114,13 @@ class Admin(commands.Cog):
     ) -> None:
         valid, limit = chosen_limit(images, unlimited)
         if not valid:
-            raise UserError(CHOOSE_ONE_MESSAGE)
+            raise UserError(render.QUOTA_CHOOSE_ONE)
         services = self.bot.services
         before = await self._status(interaction, member)
         await services.store.set_quota_override(guild_id(interaction), member.id, limit)
         after = await self._status(interaction, member)
         await interaction.response.send_message(
-            f"{member.mention}'s quota is now **{describe_limit(limit)}**, their own "
-            f"(was {describe_limit(before.limit)}, {QUOTA_SOURCE_TEXT[before.source]}). "
-            "It applies even if they hold an unlimited role.\n"
-            f"Used in the last 24 h: {after.used}"
-            + (f" · left: {after.remaining}." if after.remaining is not None else "."),
-            ephemeral=True,
-        )
+            render.quota_set(member.mention, limit, before, after), ephemeral=True)
 
     @quota.command(
         name="reset", description="Remove a member's own limit: roles and the server default apply again"
@@ -149,14 +130,8 @@ class Admin(commands.Cog):
         services = self.bot.services
         removed = await services.store.reset_quota_override(guild_id(interaction), member.id)
         after = await self._status(interaction, member)
-        if removed:
-            text = f"Removed {member.mention}'s own quota; they now have {limit_with_source(after)}."
-        else:
-            text = (
-                f"{member.mention} had no quota of their own; nothing changed. "
-                f"They have {limit_with_source(after)}."
-            )
-        await interaction.response.send_message(text, ephemeral=True)
+        await interaction.response.send_message(
+            render.quota_reset(member.mention, after, removed=removed), ephemeral=True)
 
     # -------------------------------------------------------------- server-wide
 
@@ -173,15 +148,11 @@ class Admin(commands.Cog):
     ) -> None:
         valid, limit = chosen_limit(images, unlimited)
         if not valid:
-            raise UserError(CHOOSE_ONE_MESSAGE)
+            raise UserError(render.QUOTA_CHOOSE_ONE)
         store = self.bot.services.store
         before = await self._server_default_text(guild_id(interaction))
         await store.set_guild_default_quota(guild_id(interaction), limit)
-        await interaction.response.send_message(
-            f"This server's default quota is now **{describe_limit(limit)}** (was {before}). "
-            "Members with their own quota or an unlimited role keep theirs.",
-            ephemeral=True,
-        )
+        await interaction.response.send_message(render.quota_default_set(limit, before), ephemeral=True)
 
     @quota.command(
         name="reset-default", description="Go back to the bot's configured default limit on this server"
@@ -189,12 +160,9 @@ class Admin(commands.Cog):
     async def reset_default(self, interaction: discord.Interaction) -> None:
         services = self.bot.services
         removed = await services.store.reset_guild_default_quota(guild_id(interaction))
-        configured = describe_limit(services.quotas.default_daily_quota)
-        if removed:
-            text = f"This server now uses the bot's default quota: **{configured}**."
-        else:
-            text = f"This server already uses the bot's default quota ({configured}); nothing changed."
-        await interaction.response.send_message(text, ephemeral=True)
+        await interaction.response.send_message(
+            render.quota_default_reset(services.quotas.default_daily_quota, removed=removed),
+            ephemeral=True)
 
     @quota.command(
         name="unlimited", description="Make a role's members unlimited, or undo it with remove:True"
@@ -211,20 +179,10 @@ class Admin(commands.Cog):
         store = self.bot.services.store
         if remove:
             changed = await store.remove_unlimited_role(guild_id(interaction), role.id)
-            text = (
-                f"{role.mention} is no longer unlimited; its members get the server default "
-                "(or their own quota)."
-                if changed
-                else f"{role.mention} was not unlimited; nothing changed."
-            )
+            text = render.role_not_unlimited(role.mention, changed=changed)
         else:
             changed = await store.add_unlimited_role(guild_id(interaction), role.id)
-            text = (
-                f"{role.mention} is now unlimited: its members may make any number of images, "
-                "except members with their own quota (`/quota set`), which still applies."
-                if changed
-                else f"{role.mention} was already unlimited; nothing changed."
-            )
+            text = render.role_unlimited(role.mention, changed=changed)
         await interaction.response.send_message(text, ephemeral=True)
 
     # -------------------------------------------------------------- looking
@@ -235,23 +193,14 @@ class Admin(commands.Cog):
         services = self.bot.services
         if member is not None:
             status = await self._status(interaction, member)
-            text = f"**{member.mention}**\n{format_quota_status(status, services.quotas.clock())}"
-            await interaction.response.send_message(text, ephemeral=True)
+            await interaction.response.send_message(
+                render.member_quota(member.mention, status, services.quotas.clock()), ephemeral=True)
             return
         guild = guild_id(interaction)
-        lines = [f"**Image quotas on this server**\nDefault: {await self._server_default_text(guild)}."]
-        roles = await services.store.list_unlimited_roles(guild)
-        lines.append("Unlimited roles: " + (", ".join(f"<@&{r}>" for r in roles) if roles else "none") + ".")
-        overrides = await services.store.list_quota_overrides(guild)
-        if not overrides:
-            lines.append("Members with their own quota: none.")
-        else:
-            lines.append(f"Members with their own quota ({len(overrides)}):")
-            for user_id, limit in list(overrides.items())[:SHOW_MAX_OVERRIDES]:
-                lines.append(f"<@{user_id}>: {describe_limit(limit)}")
-            if len(overrides) > SHOW_MAX_OVERRIDES:
-                lines.append(f"… and {len(overrides) - SHOW_MAX_OVERRIDES} more.")
-        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+        text = render.server_quotas(await self._server_default_text(guild),
+                                    await services.store.list_unlimited_roles(guild),
+                                    await services.store.list_quota_overrides(guild))
+        await interaction.response.send_message(text, ephemeral=True)
 
     # -------------------------------------------------------------- the engine
 
@@ -269,7 +218,7 @@ class Admin(commands.Cog):
             services.engine.status,
             queued=len(services.scheduler),
             running=list(services.running.values()),
-            finished_today={status.value: count for status, count in finished.items()},
+            finished_today=finished,
             configured_models=(settings.vqgan_model, settings.clip_model),
         )
         await interaction.response.send_message(embed=embed, ephemeral=True)
@@ -366,8 +315,8 @@ class Admin(commands.Cog):
         services = self.bot.services
         own = await services.store.get_guild_default_quota(guild_id)
         if own is not None:
-            return f"{describe_limit(own.limit)}, this server's own"
-        return f"{describe_limit(services.quotas.default_daily_quota)}, the bot's default"
+            return render.server_default_quota(own.limit, own=True)
+        return render.server_default_quota(services.quotas.default_daily_quota, own=False)
 
 
 async def setup(bot: ImagineBot) -> None:

@@ -3,13 +3,12 @@
 None of them queue work or use quota, and all answer ephemerally: they are about the
 asker, and a channel full of other people's queue positions helps nobody.
 
-The help text lives here as constants so that tests and README can quote the same
-examples, and so the grammar stays described in one place on the Discord side
-(the grammar itself is `engine/prompts.py`).
+What they say is `bot.render`'s (`help`, `queue`, `quotas`, `settings`); this module
+gathers the figures.
 
-The quota wording below is shared with `cogs/admin.py`, so `/usage` and
-`/quota show @user` describe a quota in exactly the same words; times and ETAs come from
-`bot.render` and `bot.eta`, as in the job messages.
+`/usage` and `/quota show @user` describe a quota in exactly the same words
+(`bot.render.quotas`); times and ETAs come from `bot.render` and `bot.eta`, as in the job
+messages.
 """
 
 from __future__ import annotations
@@ -21,141 +20,10 @@ from discord.ext import commands
 from bot import render
 from bot.app import ImagineBot
 from bot.eta import estimate, running_remaining, seconds_per_iteration
-from bot.jobs import Job
 from bot.permissions import is_admin, member_role_ids
-from bot.quota_status import QuotaSource, QuotaStatus
-from bot.render import discord_relative_time, format_duration, quoted
 from bot.requests import member_iterations, member_shape, shape_size
 from bot.services import Services
 from bot.store import MemberSettings
-
-HELP_TITLE = "How to ask for an image"
-HELP_DESCRIPTION = (
-    "Describe the picture you want with `/imagine`. The bot draws it step by step: one "
-    "message shows it forming, then the finished image arrives with its seed."
-)
-#: (field name, field value) pairs of the help embed, in order.
-HELP_FIELDS: tuple[tuple[str, str], ...] = (
-    (
-        "Make an image",
-        "`/imagine a forest rendered in low poly`",
-    ),
-    (
-        "Mix ideas with `+`",
-        "`/imagine a watercolor painting + a baseball game`\n"
-        "Each part pulls the image toward itself. `|` separates parts too: "
-        "`a castle | sunset`.",
-    ),
-    (
-        "Weight a part with `text:weight`",
-        "`/imagine a lighthouse:2 + fog` makes the lighthouse count twice as much.\n"
-        "A negative weight steers away: `a city street + cars:-1`.",
-    ),
-    (
-        "Edit an image",
-        "`/edit withered flowers` edits the latest image in this channel.\n"
-        "Or attach one: `/edit prompt:withered flowers image:<file>`, or right-click an "
-        "image -> Apps -> **Edit image**.",
-    ),
-    (
-        "Buttons on a finished image",
-        "**Reroll**: the same prompt with a new seed. **Vary**: a short re-run of this image "
-        "with a new seed (a quarter of its iterations): the same picture, other details. "
-        "**Edit**: change it with a new prompt. Each is a new image for whoever clicks.\n"
-        "**Info** (only you see it): seed, size, models, and the `vqgan-clip` command that "
-        "makes the same image. **Timelapse**: posts an animation of the image forming.",
-    ),
-    (
-        "Tips",
-        "Concrete nouns and styles work best (`oil painting`, `pixel art`, "
-        "`trending on artstation`). The same prompt with the same seed gives the same image.",
-    ),
-    (
-        "Where you stand",
-        "`/queue` shows your place in the queue and when your image should start.\n"
-        "`/usage` shows your daily quota: how many images you have left and when the "
-        "next one frees up.",
-    ),
-    (
-        "Your jobs",
-        "`/jobs` lists your waiting and recent images here, with links and Cancel buttons.\n"
-        "`/cancel` stops your newest waiting or running image; `/cancel job:k3q7xm2a` a given "
-        "one. An image that failed on the bot's side gets a **Retry** button.",
-    ),
-    (
-        "Your defaults",
-        "`/settings shape:wide iterations:300` sets your own default shape and iterations on "
-        "this server, used whenever you leave them out. `/settings` alone shows them; "
-        "`reset:` puts the server's back.",
-    ),
-)
-#: Shown only to members with Manage Server (the only ones who can use its commands).
-HELP_ADMIN_FIELD: tuple[str, str] = (
-    "For admins: `/quota`, `/status`, `/blocklist`, `/stats`",
-    "`/quota set @member images:20` (or `unlimited:True`; `images:0` = may not make images), "
-    "`/quota reset @member`, `/quota default images:10` (or `unlimited:True`), "
-    "`/quota reset-default`, `/quota unlimited @role` (`remove:True` to undo), "
-    "`/quota show [@member]`.\n"
-    "`/status`: the image engine (state, device, models, last error), the queue and "
-    "today's jobs.\n"
-    "`/blocklist add gore, blood bath` refuses prompts with those words or phrases (whole "
-    "words, any case); `/blocklist remove`, `/blocklist list`.\n"
-    "`/stats`: this server's last 7 days: images per day, top members, GPU time, waits, "
-    "failures. All of these need Manage Server.",
-)
-
-#: Longest prompt quoted back in `/queue`; longer ones are cut with an ellipsis.
-PROMPT_PREVIEW_CHARS = 80
-
-
-def help_embed(*, admin: bool = False) -> discord.Embed:
-    """The embed `/help` answers with; `admin` adds the field of the admin commands."""
-    embed = discord.Embed(title=HELP_TITLE, description=HELP_DESCRIPTION, colour=discord.Colour.blurple())
-    fields = HELP_FIELDS + ((HELP_ADMIN_FIELD,) if admin else ())
-    for name, value in fields:
-        embed.add_field(name=name, value=value, inline=False)
-    return embed
-
-
-# ------------------------------------------------------------------ quota wording
-
-
-def describe_limit(limit: int | None) -> str:
-    """A limit as words: `unlimited`, `0 images (may not make images)`, `5 images per 24 h`."""
-    if limit is None:
-        return "unlimited"
-    if limit == 0:
-        return "0 images (may not make images)"
-    noun = "image" if limit == 1 else "images"
-    return f"{limit} {noun} per 24 h"
-
-
-#: Why a limit applies, in the order `QuotaPolicy.limit_for` decides it.
-QUOTA_SOURCE_TEXT: dict[QuotaSource, str] = {
-    QuotaSource.OVERRIDE: "a personal limit set by an admin",
-    QuotaSource.ROLE: "from an unlimited role",
-    QuotaSource.GUILD_DEFAULT: "this server's default",
-    QuotaSource.DEFAULT: "the bot's default",
-}
-
-
-def format_quota_status(status: QuotaStatus, now: float) -> str:
-    """The body shared by `/usage` and `/quota show @member`: limit and why, used, left,
-    and when the next slot frees (a Discord timestamp each reader sees in their own time)."""
-    lines = [f"Quota: **{describe_limit(status.limit)}** ({QUOTA_SOURCE_TEXT[status.source]})."]
-    if status.unlimited:
-        lines.append(f"Used in the last 24 h: {status.used}.")
-        return "\n".join(lines)
-    lines.append(f"Used in the last 24 h: {status.used} · left: {status.remaining}.")
-    if status.resets_at is not None:
-        wait = format_duration(max(0.0, status.resets_at - now))
-        when = f"{discord_relative_time(status.resets_at)} (in {wait})"
-        if status.remaining == 0:
-            lines.append(f"Next image possible {when}.")
-        else:
-            lines.append(f"Next slot frees {when}.")
-    return "\n".join(lines)
-
 
 # ------------------------------------------------------------------ member defaults
 
@@ -186,7 +54,7 @@ class Info(commands.Cog):
     async def help(self, interaction: discord.Interaction) -> None:
         # Ephemeral: help is for the asker, not the channel. Admins also see /quota,
         # which nobody else could run anyway.
-        await interaction.response.send_message(embed=help_embed(admin=is_admin(interaction)), ephemeral=True)
+        await interaction.response.send_message(embed=render.help_embed(admin=is_admin(interaction)), ephemeral=True)
 
     @app_commands.command(
         name="queue", description="Your place in the image queue, when it should start, and what is running"
@@ -204,11 +72,7 @@ class Info(commands.Cog):
         status = await services.quotas.check(
             guild_id, interaction.user.id, member_role_ids(interaction.user, guild_id)
         )
-        where = "on this server" if guild_id is not None else "in direct messages"
-        text = (
-            f"**Your images {where}**\n{format_quota_status(status, services.quotas.clock())}\n"
-            "-# Each image counts for 24 h after you asked for it; failed and cancelled ones are free."
-        )
+        text = render.usage_text(status, services.quotas.clock(), in_server=guild_id is not None)
         if guild_id is not None:
             member = await services.store.get_member_settings(guild_id, interaction.user.id)
             text += "\n" + render.usage_defaults(member_defaults_lines(services, member))
@@ -216,55 +80,26 @@ class Info(commands.Cog):
 
 
 async def queue_text(services: Services, user_id: int) -> str:
-    """What `/queue` says to `user_id`: the running job, the queue length, their jobs with
-    position and ETA (until it starts).
-
-    Privacy: the queue is shared by every server and channel the bot is in, so the running
-    job may belong to another server or to a channel the asker cannot see. Its prompt is
-    therefore shown only when it is the asker's own; otherwise it is "another member's
-    image" with its progress, which is all anyone needs to judge the wait. The same holds
-    for other people's queued jobs: they are only counted.
-    """
+    """What `/queue` says to `user_id`: the running jobs, the queue length, their jobs with
+    position and ETA (until it starts). Whose prompts it may show: `bot.render.queue`."""
     store, scheduler = services.store, services.scheduler
     now = store.clock()
     speed = await seconds_per_iteration(services)
     running_jobs = list(services.running.values())
     queued = scheduler.queued_jobs()
-
-    if not running_jobs and not queued:
-        return "The queue is empty and nothing is running: a new image starts right away."
-
-    lines: list[str] = []
-    running_lines = []
+    now_running: list[render.RunningNow] = []
     for running in running_jobs:
-        own_job: Job | None = None
-        if running.user_id == user_id:
-            own_job = await store.get_job(running.job_id)
-        whose = f"your image {quoted(own_job.prompt, PROMPT_PREVIEW_CHARS)}" if own_job else (
-            "your image" if running.user_id == user_id else "another member's image"
-        )
-        running_lines.append(render.queue_running_line(whose, running, running_remaining(running, speed)))
-    lines.append(render.queue_running_now(running_lines))
-
-    noun = "image" if len(queued) == 1 else "images"
-    lines.append(f"**Waiting:** {len(queued)} {noun} in the queue.")
-
-    mine = [job for job in queued if job.user_id == user_id]
-    if not mine:
-        lines.append("You have no images waiting.")
-        return "\n".join(lines)
-    lines.append("**Yours:**")
-    for job in mine:
-        where = await estimate(services, job.id)
-        position, eta = where.position, where.starts_in
-        if eta is None:
-            when = "no time estimate yet (no image has finished yet)"
-        elif eta < 1:
-            when = "starts next"
-        else:
-            when = f"starts {discord_relative_time(now + eta)} (in about {format_duration(eta)})"
-        lines.append(f"#{position} {quoted(job.prompt, PROMPT_PREVIEW_CHARS)} (job `{job.id}`): {when}")
-    return "\n".join(lines)
+        own = running.user_id == user_id
+        own_job = await store.get_job(running.job_id) if own else None
+        now_running.append(render.RunningNow(
+            own=own, prompt=own_job.prompt if own_job else None, iteration=running.iteration,
+            total=running.total, left=running_remaining(running, speed), started=running.started))
+    mine: list[render.YourWaitingJob] = []
+    for job in queued:
+        if job.user_id == user_id:
+            where = await estimate(services, job.id)
+            mine.append(render.YourWaitingJob(job, where.position, where.starts_in))
+    return render.queue_text(now_running, len(queued), mine, now)
 
 
 async def setup(bot: ImagineBot) -> None:

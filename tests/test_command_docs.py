@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 
 from bot.app import COGS, ImagineBot
-from cogs.info import HELP_ADMIN_FIELD, HELP_DESCRIPTION, HELP_FIELDS
+from bot.render import HELP_ADMIN_FIELD, HELP_DESCRIPTION, HELP_FIELDS
 from tests.bot.conftest import make_settings
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -3,10 +3,21 @@
 Issue 11's rule: "Every user-visible string goes through one rendering module." This is
 that module. Callers write `from bot import render` and `render.queue_full(...)`, raise
 a `UserError` with a text from here, or send an embed built here; the wording lives
-nowhere else. Pure functions from plain data
-to text and `discord.Embed`s, so tests check the wording without a running bot. User text
-shown back (prompts, phrases, file names) goes through `user_text` or `quoted`: Markdown
-escaped, mentions defused.
+nowhere else. Pure functions from plain data to text and `discord.Embed`s, so tests check
+the wording without a running bot. User text shown back (prompts, phrases, file names)
+goes through `user_text` or `quoted`: Markdown escaped, mentions defused.
+
+What counts: everything Discord shows of the bot's own making, in messages, answers,
+embeds, refusals (`UserError`s), buttons, modals, the failure text a job keeps
+(`Job.error`), and the sandbox page's topic and welcome.
+`tests/test_user_text_in_render.py` reads `bot/` and `cogs/` and fails on a literal text in
+any of those places outside this package. One exemption: the *command metadata*
+registered with Discord (command and group names and descriptions,
+`app_commands.describe`, option choices, the "Edit image" menu's name) stays in the
+decorators and cogs that define the commands, since Discord holds it as the command's
+definition (`tests/test_command_docs.py` reads it there). Not users' texts at all, so not
+here: log messages, the operator's terminal (the CLI's output, configuration errors), and
+exceptions that are not `UserError`s (users read `apology` for those).
 
 One module per feature, re-exported here, in this order:
 - `text`: the pieces every text is made of (user text made safe, times, links, colours);
@@ -15,12 +26,14 @@ One module per feature, re-exported here, in this order:
   apology for a bug;
 - `attachments`: refusals of uploaded images;
 - `edit_source`: which image an edit starts from;
-- `buttons`: the job buttons' labels, the edit modal, and what the buttons answer (Cancel,
-  Info, Timelapse, Retry);
+- `buttons`: the job buttons' labels and emoji, the edit modal, and what the buttons answer
+  (Cancel, Info, Timelapse, Retry);
 - `your_jobs`: `/jobs` and `/cancel`;
+- `help`, `queue`: `/help` and `/queue`;
 - `settings`: `/settings`, members' own defaults;
-- `running`: the jobs the engine has now, as `/queue`, `/status` and `/jobs` name them;
-- `status`, `blocklist`, `stats`: the admins' `/status`, `/blocklist` and `/stats`.
+- `quotas`: the refusal when a quota is used up, `/usage`, and the admins' `/quota`;
+- `status`, `blocklist`, `stats`: the admins' `/status`, `/blocklist` and `/stats`;
+- `sandbox`: the sandbox page's channel topic and welcome (`vqgan-clip-bot --sandbox`).
 
 The modules under `bot.render` import only plain data (`bot.jobs`, `bot.quota_status`,
 `bot.engine_status`, the figures of `bot.stats`) and discord, never the services or the
@@ -37,6 +50,8 @@ from bot.render.text import (
     COLOUR_QUEUED,
     COLOUR_RUNNING,
     FIELD_LIMIT,
+    JOB_STATUS_WORDS,
+    STARTING,
     TITLE_LIMIT,
     discord_relative_time,
     format_duration,
@@ -52,6 +67,7 @@ from bot.render.job_messages import (
     ENGINE_CRASHED,
     ENGINE_SHUT_DOWN,
     INPUT_IMAGE_GONE,
+    JOB_NOT_POSTED,
     NOT_RESUMED_TEXT,
     REPLACE_LIMIT,
     apology_embed,
@@ -61,6 +77,7 @@ from bot.render.job_messages import (
     engine_refused,
     failed_content,
     failed_embed,
+    internal_error,
     interrupted_embed,
     job_link,
     job_not_sent,
@@ -118,20 +135,32 @@ from bot.render.edit_source import (
 
 # ---- the job buttons and the edit modal
 from bot.render.buttons import (
+    CANCEL_EMOJI,
     CANCEL_LABEL,
     CANNOT_POST_TIMELAPSE,
+    EDIT_EMOJI,
     EDIT_LABEL,
     EDIT_MODAL_TITLE,
     EDIT_PROMPT_LABEL,
     EDIT_PROMPT_PLACEHOLDER,
     EDIT_REPLACE_LABEL,
     EDIT_REPLACE_PLACEHOLDER,
+    EDIT_VERB,
+    INFO_EMOJI,
     INFO_LABEL,
+    INFO_VERB,
+    REROLL_EMOJI,
     REROLL_LABEL,
+    RETRY_EMOJI,
     RETRY_LABEL,
+    RETRY_SMALLER_EMOJI,
     RETRY_SMALLER_LABEL,
+    TIMELAPSE_EMOJI,
     TIMELAPSE_LABEL,
+    TIMELAPSE_VERB,
+    VARY_EMOJI,
     VARY_LABEL,
+    VARY_VERB,
     cancel_too_late,
     info_embed,
     job_forgotten,
@@ -169,6 +198,22 @@ from bot.render.your_jobs import (
     unknown_job,
 )
 
+# ---- /help and /queue
+from bot.render.help import (
+    HELP_ADMIN_FIELD,
+    HELP_DESCRIPTION,
+    HELP_FIELDS,
+    HELP_TITLE,
+    help_embed,
+)
+from bot.render.queue import (
+    PROMPT_PREVIEW_CHARS,
+    QUEUE_EMPTY,
+    RunningNow,
+    YourWaitingJob,
+    queue_text,
+)
+
 # ---- /settings: members' own defaults
 from bot.render.settings import (
     SHAPE_LABELS,
@@ -179,11 +224,30 @@ from bot.render.settings import (
     usage_defaults,
 )
 
-# ---- the jobs the engine has now: /queue, /status, /jobs
-from bot.render.running import STARTING, queue_running_line, queue_running_now
+# ---- quotas: the refusal, /usage, /quota (admins)
+from bot.render.quotas import (
+    QUOTA_CHOOSE_ONE,
+    QUOTA_SOURCE_TEXT,
+    SHOW_MAX_OVERRIDES,
+    describe_limit,
+    limit_with_source,
+    member_quota,
+    quota_default_reset,
+    quota_default_set,
+    quota_exceeded,
+    quota_reset,
+    quota_set,
+    quota_status_text,
+    role_not_unlimited,
+    role_unlimited,
+    server_default_quota,
+    server_quotas,
+    usage_text,
+)
 
 # ---- /status (admins)
 from bot.render.status import (
+    ENGINE_STATE_WORDS,
     STATUS_COLOURS,
     STATUS_ERROR_LIMIT,
     STATUS_RUNNING_LIMIT,
@@ -213,4 +277,10 @@ from bot.render.stats import (
     failure_cause,
     stat_duration,
     stats_embed,
+)
+
+# ---- the sandbox page (vqgan-clip-bot --sandbox)
+from bot.render.sandbox import (
+    sandbox_topic,
+    sandbox_welcome,
 )

@@ -13,6 +13,7 @@ from bot.render.job_messages import size_text
 from bot.render.text import (
     COLOUR_DONE,
     FIELD_LIMIT,
+    JOB_STATUS_WORDS,
     TITLE_LIMIT,
     discord_relative_time,
     format_duration,
@@ -20,15 +21,23 @@ from bot.render.text import (
     user_text,
 )
 
-#: The buttons' labels (their emoji and colours are `bot.views`').
+#: The buttons' labels and emoji (their colours are `bot.views`').
 CANCEL_LABEL = "Cancel"
+CANCEL_EMOJI = "✖️"
 REROLL_LABEL = "Reroll"
+REROLL_EMOJI = "🎲"
 VARY_LABEL = "Vary"
+VARY_EMOJI = "🔀"
 EDIT_LABEL = "Edit"
+EDIT_EMOJI = "✏️"
 INFO_LABEL = "Info"
+INFO_EMOJI = "ℹ️"
 TIMELAPSE_LABEL = "Timelapse"
+TIMELAPSE_EMOJI = "🎞️"
 RETRY_LABEL = "Retry"
+RETRY_EMOJI = "🔁"
 RETRY_SMALLER_LABEL = "Retry smaller"
+RETRY_SMALLER_EMOJI = "🔽"
 
 #: The Edit button's and the "Edit image" menu's modal.
 EDIT_MODAL_TITLE = "Edit image"
@@ -52,7 +61,7 @@ def only_requester_cancels(job: Job) -> str:
 def cancel_too_late(job: Job) -> str:
     """Cancel on a job that has already ended."""
     ended = "finished" if job.status is JobStatus.DONE else "ended"
-    return f"Job `{job.id}` has already {job.status.value} ({ended})."
+    return f"Job `{job.id}` has already {JOB_STATUS_WORDS[job.status]} ({ended})."
 
 
 CANNOT_POST_TIMELAPSE = (
@@ -118,8 +127,17 @@ def _remake_note(device: str | None) -> str:
             "this makes a close image on the CPU, not the same bytes.")
 
 
+#: What each button that needs a finished image would do with it, as `no_result_text`
+#: says it.
+EDIT_VERB = "edit"
+VARY_VERB = "vary"
+INFO_VERB = "describe"
+TIMELAPSE_VERB = "animate"
+
+
 def no_result_text(job: Job, what: str) -> str:
-    """A button that needs a finished image, on a job without one (any more)."""
+    """A button that needs a finished image, on a job without one (any more); `what` is
+    the button's verb (`EDIT_VERB`, ...)."""
     return f"Job `{job.id}` has no finished image to {what}."
 
 

@@ -53,6 +53,17 @@ def job_not_sent(error: str) -> str:
     return f"the job could not be sent to the engine: {error}"
 
 
+#: The failure a job keeps (`Job.error`) when its message could not be posted: it was
+#: refused then (`bot.enqueue`), and the member read `render.CANNOT_POST_JOB`.
+JOB_NOT_POSTED = "the job's message could not be posted"
+
+
+def internal_error(job_id: str) -> str:
+    """The failure a job keeps (`Job.error`) after a bug; its message shows
+    `apology_embed`."""
+    return f"internal error (job {job_id})"
+
+
 #: A failed job's message after a long stop (`bot.retry.fail_unresumed`).
 NOT_RESUMED_TEXT = (
     "interrupted when the bot stopped, and not resumed: the bot was away too long to run it "

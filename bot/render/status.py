@@ -7,14 +7,29 @@ from collections.abc import Mapping, Sequence
 import discord
 
 from bot.engine_status import EngineState, EngineStatus
-from bot.jobs import RunningJob
-from bot.render.running import STARTING
-from bot.render.text import COLOUR_CANCELLED, COLOUR_DONE, COLOUR_FAILED, discord_relative_time
+from bot.jobs import JobStatus, RunningJob
+from bot.render.text import (
+    COLOUR_CANCELLED,
+    COLOUR_DONE,
+    COLOUR_FAILED,
+    JOB_STATUS_WORDS,
+    STARTING,
+    discord_relative_time,
+)
 
 #: How much of the engine's last error `/status` shows (an embed field holds 1024).
 STATUS_ERROR_LIMIT = 900
 #: How many of the jobs the engine has `/status` names one by one (a field holds 1024).
 STATUS_RUNNING_LIMIT = 16
+#: How `/status` says the engine's state.
+ENGINE_STATE_WORDS: dict[EngineState, str] = {
+    EngineState.NOT_STARTED: "not started",
+    EngineState.STARTING: "starting",
+    EngineState.READY: "ready",
+    EngineState.RESTARTING: "restarting",
+    EngineState.DOWN: "down",
+    EngineState.CLOSED: "closed",
+}
 STATUS_COLOURS: dict[EngineState, discord.Colour] = {
     EngineState.READY: COLOUR_DONE,
     EngineState.STARTING: discord.Colour.orange(),
@@ -84,7 +99,7 @@ def status_embed(
     *,
     queued: int,
     running: Sequence[RunningJob],
-    finished_today: Mapping[str, int],
+    finished_today: Mapping[JobStatus, int],
     configured_models: tuple[str, str],
 ) -> discord.Embed:
     """`/status`, for admins only: the engine (state, device, models, how many jobs it
@@ -92,21 +107,20 @@ def status_embed(
     job the engine has, and the jobs that ended today (UTC).
 
     `running` are the jobs that left the queue and have not ended, in the order they were
-    handed over; `finished_today` counts jobs by final status ("done", "failed",
-    "cancelled")."""
+    handed over; `finished_today` counts jobs by final status (done, failed, cancelled)."""
     embed = discord.Embed(title="Image engine status",
                           colour=STATUS_COLOURS.get(engine.state, COLOUR_CANCELLED))
     restarts = {0: "no restarts", 1: "restarted once"}.get(engine.restarts,
                                                            f"restarted {engine.restarts} times")
-    embed.add_field(name="Engine", value=f"**{engine.state.value}** since "
+    embed.add_field(name="Engine", value=f"**{ENGINE_STATE_WORDS[engine.state]}** since "
                     f"{discord_relative_time(engine.since)} · {restarts}", inline=False)
     device, models = _engine_models(engine, configured_models)
     embed.add_field(name="Device", value=device)
     embed.add_field(name="Models", value=models)
     embed.add_field(name="Capacity", value=_engine_capacity(engine))
     embed.add_field(name="Queue", value=f"{queued} waiting · {_running_text(running)}", inline=False)
-    counts = " · ".join(f"{finished_today.get(status, 0)} {status}"
-                        for status in ("done", "failed", "cancelled"))
+    counts = " · ".join(f"{finished_today.get(status, 0)} {JOB_STATUS_WORDS[status]}"
+                        for status in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED))
     embed.add_field(name="Today (since 00:00 UTC)", value=counts, inline=False)
     if engine.last_error is not None:
         when = (f"{discord_relative_time(engine.last_error_at)}\n"

@@ -1,6 +1,6 @@
 """The pieces every text is made of: user text made safe (`user_text`, `quoted`), times
-(`format_duration`, a Discord timestamp), message links, the colours of states and
-Discord's length limits.
+(`format_duration`, a Discord timestamp), message links, the colours and words of a job's
+states and Discord's length limits.
 """
 
 from __future__ import annotations
@@ -9,12 +9,26 @@ import math
 
 import discord
 
+from bot.jobs import JobStatus
+
 #: Colours per state, so a glance at the channel tells waiting, working, done, failed.
 COLOUR_QUEUED = discord.Colour.light_grey()
 COLOUR_RUNNING = discord.Colour.blurple()
 COLOUR_DONE = discord.Colour.green()
 COLOUR_FAILED = discord.Colour.red()
 COLOUR_CANCELLED = discord.Colour.dark_grey()
+#: How a job's state is said (the `JobStatus` values are what the store keeps).
+JOB_STATUS_WORDS: dict[JobStatus, str] = {
+    JobStatus.QUEUED: "queued",
+    JobStatus.RUNNING: "running",
+    JobStatus.DONE: "done",
+    JobStatus.FAILED: "failed",
+    JobStatus.CANCELLED: "cancelled",
+}
+#: A job handed to the engine that has not started computing yet (it waits there for room
+#: in the batch, or for the engine to come back): it has no iteration to show, and no count
+#: is made up for it (`/queue`, `/status`, `/jobs`).
+STARTING = "starting"
 #: Embed titles are limited to 256 characters; prompts may be 500.
 TITLE_LIMIT = 256
 #: Embed field values are limited to 1024 characters.

@@ -6,8 +6,7 @@ import discord
 
 from bot.jobs import Job, JobStatus
 from bot.render.job_messages import job_link
-from bot.render.running import STARTING
-from bot.render.text import COLOUR_RUNNING, discord_relative_time, quoted
+from bot.render.text import COLOUR_RUNNING, JOB_STATUS_WORDS, STARTING, discord_relative_time, quoted
 
 #: How many jobs `/jobs` lists before "… and N more".
 JOBS_LIMIT = 10
@@ -37,7 +36,7 @@ def job_status_text(job: Job, *, position: int | None = None,
         iteration, total = progress
         return f"running {int(100 * min(iteration, total) / total)}%"
     when = f" {discord_relative_time(job.finished_at)}" if job.finished_at else ""
-    return f"{job.status.value}{when}"
+    return f"{JOB_STATUS_WORDS[job.status]}{when}"
 
 
 def jobs_embed(lines: list[str], more: int) -> discord.Embed:
@@ -87,7 +86,7 @@ def not_your_job(job: Job) -> str:
 
 
 def already_finished(job: Job) -> str:
-    return f"Job `{job.id}` has already ended: it is {job.status.value}."
+    return f"Job `{job.id}` has already ended: it is {JOB_STATUS_WORDS[job.status]}."
 
 
 # ---- what `/cancel` and the Cancel buttons answer (`bot.cancel`)
@@ -97,9 +96,9 @@ def cancelled_before_start(job_id: str) -> str:
     return f"Cancelled job `{job_id}` before it started. It was not charged."
 
 
-def cancel_lost_race(job_id: str, status: str) -> str:
+def cancel_lost_race(job_id: str, status: JobStatus) -> str:
     """The job left the queue and ended otherwise in the same moment (`status`: how)."""
-    return f"Job `{job_id}` could not be cancelled: it is {status}."
+    return f"Job `{job_id}` could not be cancelled: it is {JOB_STATUS_WORDS[status]}."
 
 
 def stopping(job_id: str) -> str:
@@ -111,8 +110,8 @@ def no_record_of_job(job_id: str) -> str:
     return f"I have no record of job `{job_id}`."
 
 
-def already_ended(job_id: str, status: str) -> str:
-    return f"Job `{job_id}` has already {status}."
+def already_ended(job_id: str, status: JobStatus) -> str:
+    return f"Job `{job_id}` has already {JOB_STATUS_WORDS[status]}."
 
 
 def cancelled(job_id: str) -> str:

@@ -19,9 +19,9 @@ import simcord
 from bot.__main__ import RedactingFormatter, models_to_download
 from bot.app import BOT_PERMISSIONS, COGS, ImagineBot, bot_intents, invite_url
 from bot.job_messages import JobMessages
+from bot.render import HELP_TITLE
 from bot.services import Services
 from bot.views import progress_view, result_view
-from cogs.info import HELP_TITLE
 from tests.bot.conftest import FAKE_TOKEN, clean_environ, make_settings
 
 DEV_GUILD_ID = 123456789012345678

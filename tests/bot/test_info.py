@@ -14,8 +14,8 @@ import simcord
 from bot.app import ImagineBot
 from bot.jobs import Job, JobKind
 from bot.quotas import WINDOW_SECONDS
+from bot.render import HELP_ADMIN_FIELD
 from bot.services import RunningJob, Services
-from cogs.info import HELP_ADMIN_FIELD
 from tests.bot.conftest import make_settings, reply
 
 CONFIGURED_DEFAULT = 5

@@ -9,11 +9,8 @@ import pytest
 
 from bot.jobs import JobKind
 from bot.quota_status import QuotaSource, QuotaStatus
-from bot.quotas import (
-    QuotaExceeded,
-    QuotaPolicy,
-    exceeded_message,
-)
+from bot.quotas import QuotaExceeded, QuotaPolicy
+from bot.render import quota_exceeded
 from bot.store import Store
 from tests.bot.conftest import FakeClock
 
@@ -146,7 +143,7 @@ async def test_limit_zero_means_no_images_at_all(policy: QuotaPolicy, store: Sto
 
 def test_exceeded_message_uses_singular_for_a_limit_of_one() -> None:
     status = QuotaStatus(1, 1, 0, 1_000_000 + 90.0, QuotaSource.OVERRIDE)
-    message = exceeded_message(status, now=1_000_000.0)
+    message = quota_exceeded(status, now=1_000_000.0)
     assert "used 1 of 1 image in" in message
     assert re.search(r"in 2 min \(<t:1000090:R>\)", message)
 

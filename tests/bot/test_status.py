@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from bot.jobs import JobStatus
-from cogs.info import HELP_ADMIN_FIELD
+from bot.render import HELP_ADMIN_FIELD
 from tests.bot.conftest import reply
 from tests.bot.fake_engine import START_ERROR, FakeEngine, World, running_world
 
