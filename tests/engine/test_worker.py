@@ -639,6 +639,33 @@ def test_real_engine_batches_jobs_of_one_size_and_a_job_of_another_size_waits(ti
     assert harness.join() == 0
 
 
+
+def test_a_runner_whose_loop_cannot_compile_runs_it_eager_and_makes_the_eager_png(tiny_loaded,
+                                                                                 monkeypatch, caplog):
+    import logging
+
+    import torch
+
+    from engine.generator_runner import GeneratorJobRunner
+
+    job = submit("c", width=32, height=32, iterations=2, cutn=2, seed=5, progress_every=0)
+    eager = GeneratorJobRunner(tiny_loaded, compile="auto")  # auto: eager on the CPU
+    assert eager.generator.compiler.mode == "eager"
+    expected = eager.run(job, lambda progress: None, lambda: False)
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("torch.compile is not available here")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    runner = GeneratorJobRunner(tiny_loaded, compile="on")
+    assert runner.generator.compiler.mode == "compiled"
+    with caplog.at_level(logging.WARNING, logger="engine.compiling"):
+        done = runner.run(job, lambda progress: None, lambda: False)
+    assert done.png == expected.png
+    assert runner.generator.compiler.mode == "eager"
+    assert "the compiled loop failed, running eager from now on: RuntimeError: torch.compile is not " \
+           "available here" in caplog.text
+
 def test_the_worker_s_batch_and_compile_default_to_auto():
     from engine.cli import build_parser
 
