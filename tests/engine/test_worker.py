@@ -477,6 +477,39 @@ def test_a_job_that_cannot_start_fails_and_the_running_ones_go_on():
     harness.join()
 
 
+
+class OneSizeRunner(FakeJobRunner):
+    """Takes a job only beside running jobs of its size, as the real batch does."""
+
+    def can_start(self, job: p.Submit) -> bool:
+        return super().can_start(job) and all(
+            (running.submit.width, running.submit.height) == (job.width, job.height)
+            for running in self._jobs)
+
+
+def test_jobs_waiting_together_start_one_by_one_as_the_runner_can_take_them():
+    """All three wait before the worker looks: each is offered only once the one before it
+    has started, so the wide one waits (and holds back the one behind it)."""
+    to_worker_r, to_worker_w = os.pipe()
+    from_worker_r, from_worker_w = os.pipe()
+    worker_out = os.fdopen(from_worker_w, "wb")
+    worker = Worker(OneSizeRunner(0.002, capacity=3), os.fdopen(to_worker_r, "rb"), worker_out)
+    for job in (submit("a", iterations=5), submit("wide", width=48, iterations=5), submit("b", iterations=5)):
+        worker._queue.append(job)
+    thread = threading.Thread(target=worker.serve, daemon=True)
+    thread.start()
+    reader = os.fdopen(from_worker_r, "rb")
+    writer = os.fdopen(to_worker_w, "wb")
+    messages = []
+    while not (messages and isinstance(messages[-1], p.Done) and messages[-1].job == "b"):
+        messages.append(p.read_message(reader))
+    writer.close()
+    thread.join(TIMEOUT)
+    worker_out.close()
+    kinds = [(type(m).__name__, m.job) for m in messages if isinstance(m, (p.Started, p.Done))]
+    assert kinds == [("Started", "a"), ("Done", "a"), ("Started", "wide"), ("Done", "wide"),
+                     ("Started", "b"), ("Done", "b")]
+
 class BrokenStepRunner(FakeJobRunner):
     """A runner with a bug in its step once `broken` is set."""
 
