@@ -1,14 +1,26 @@
 #!/usr/bin/env python
-"""Seconds per iteration, per 400-iteration image, and peak memory of the real loop.
+"""Throughput of the real loop: seconds per iteration and images per hour for batches of
+jobs (1, 2, 4, 8), eager and compiled, with peak memory and warm-up time.
 
 Builds the real architectures with random weights, so it needs no downloads: the VQGAN
 f16/16384 ImageNet model (taming's config, written out below) and CLIP ViT-B/32
 (clip.model.CLIP with its real dimensions). Random weights cost the same FLOPs as trained
-ones, so the timings are those of real jobs. It runs `engine.generate.Generator` itself,
-so what it measures is what the bot runs.
+ones, so the timings are those of real jobs. It runs `engine.batching.Batch` over
+`engine.generate.Generator` itself, so what it measures is what the worker runs.
 
-    python bench/benchmark.py --size 512 --cutn 32 --iterations 20          # on the GPU
-    python bench/benchmark.py --device cpu --size 128 --cutn 4 --iterations 3
+    python bench/benchmark.py --size 512 --cutn 32 --iterations 10            # on the GPU
+    python bench/benchmark.py --device cpu --size 128 --cutn 4 --iterations 3 --compile off,on
+
+Each row runs B jobs (different prompts and seeds) together for `--warmup` untimed
+iterations, then `--rounds` rounds of `--iterations` timed ones. `s/iteration` is one step
+of the batch (every job advances one iteration), in the best round: other load on the
+machine only ever slows a round down; `s/image` is what one 400-iteration image costs at that pace
+(s/iteration * 400 / B); `vs eager 1` is the row's images per hour over eager batch 1's, so
+a batch pays where it is above 1. `warm-up` is the batch's first step (compiling included
+where compiled: rows of one mode run in order, as the worker meets shapes, so the first
+compiles for its shape, the second recompiles with dynamic shapes, later ones reuse it). `psnr` compares the first job's image with the same job run eagerly alone
+(inf: the same pixels). Memory: on CUDA the caching allocator's peak for the row; on the
+CPU the process's peak RSS during the row (VmHWM, reset per row where Linux allows).
 
 Not a test: it prints numbers and asserts nothing.
 """
@@ -17,16 +29,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.method import L2_ALPHA, L2_DECAY, L2_DECAYS  # noqa: E402 (stdlib only: --help stays instant)
+from engine.method import L2_ALPHA, L2_DECAY, L2_DECAYS, PAPER_ITERATIONS  # noqa: E402 (stdlib only: --help stays instant)
 
 DECODER_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+PROMPTS = ("a forest rendered in low poly", "a lighthouse in a storm", "a bowl of ramen, studio photo",
+           "a cathedral made of glass", "an owl reading a newspaper", "a red sports car at dusk",
+           "a watercolour of mountains", "a robot tending a garden")
 
 # taming's vqgan_imagenet_f16_16384 config (model.yaml), as a dict.
 VQGAN_F16_16384 = {
@@ -78,12 +96,172 @@ def build_models(device):
                   vqgan_name="vqgan_imagenet_f16_16384 (random weights)", clip_name="ViT-B/32 (random weights)")
 
 
-def peak_memory_bytes(device) -> tuple[int, str]:
+def build_tiny_models(device):
+    """The tiny test models (engine/models/tiny.py): for a quick run of this script."""
+    import tempfile
+
+    from engine.models import ModelSpec, load_models
+    from engine.models.tiny import make_test_models
+
+    directory = Path(tempfile.mkdtemp(prefix="bench-tiny-"))
+    tiny = make_test_models(directory)
+    return load_models(ModelSpec(vqgan=tiny.vqgan_name, clip=tiny.clip_name, model_dir=directory,
+                                 device=str(device)))
+
+
+class PeakMemory:
+    """The peak for one row: CUDA's allocator counter, or the process's peak RSS (VmHWM),
+    which Linux resets on writing 5 to /proc/self/clear_refs."""
+
+    def __init__(self, device) -> None:
+        self.device = device
+        self.resettable = False
+
+    @property
+    def kind(self) -> str:
+        if self.device.type == "cuda":
+            return "GPU max_memory_allocated"
+        return "process peak RSS" + ("" if self.resettable else " (since start: not resettable here)")
+
+    def reset(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.resettable = True
+        except OSError:
+            self.resettable = False
+
+    def read(self) -> int:
+        import torch
+
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device)
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def free_memory(device) -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def synchronize(device) -> None:
     import torch
 
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device), "GPU max_memory_allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
+        torch.cuda.synchronize(device)
+
+
+def measure(models, numerics, compile_mode: str, batch_size: int, args, memory: PeakMemory,
+            reference: dict[int, Any]) -> dict[str, Any]:
+    """One row: `batch_size` jobs stepped together; times, memory, the first job's image."""
+    from engine.batching import Batch, BatchJob, MemoryGuard
+    from engine.compiling import Compiler
+    from engine.generate import GenerationRequest, Generator
+    from engine.prompts import parse_prompt
+
+    device = models.device
+    compiler = Compiler(compile_mode, device)
+    generator = Generator(models, numerics, compiler)
+    total = args.warmup + args.rounds * args.iterations
+    requests = [GenerationRequest(prompts=parse_prompt(PROMPTS[k % len(PROMPTS)]), size=args.size,
+                                  cutn=args.cutn, iterations=total, seed=k, l2_weight=args.l2,
+                                  l2_decay=args.l2_decay)
+                for k in range(batch_size)]
+    results: list[Any] = [None] * batch_size
+    batch = Batch(generator, capacity=batch_size, memory=MemoryGuard(None))  # all at once: what is measured
+    memory.reset()
+    for k, request in enumerate(requests):
+        batch.join(BatchJob(request, lambda outcome, k=k: results.__setitem__(k, outcome)))
+    synchronize(device)
+    started = time.perf_counter()
+    batch.step()  # the warm-up: compiling, where compiled, happens here
+    synchronize(device)
+    warmup = time.perf_counter() - started
+    for _ in range(args.warmup - 1):
+        batch.step()
+    rounds = []
+    for _ in range(args.rounds):  # nothing syncs inside a round, as in the worker's loop
+        if batch.limits:  # out of memory: the batch set jobs aside, the row is not B jobs
+            del batch, generator, results
+            return {"compile": compile_mode, "batch": batch_size, "out_of_memory": True}
+        synchronize(device)
+        started = time.perf_counter()
+        for _ in range(args.iterations):
+            batch.step()
+        synchronize(device)
+        rounds.append((time.perf_counter() - started) / args.iterations)
+    if batch.limits or batch.busy:
+        del batch, generator, results
+        return {"compile": compile_mode, "batch": batch_size, "out_of_memory": True}
+    peak = memory.read()
+    failed = [outcome for outcome in results if not hasattr(outcome, "image")]
+    if failed:
+        raise RuntimeError(f"a job failed: {failed[0]!r}")
+    if compile_mode == "off" and batch_size == 1:
+        reference[0] = results[0].image
+    per_iteration = min(rounds)  # other load on the machine only ever slows a round down
+    per_image = per_iteration * args.image_iterations / batch_size
+    psnr = _psnr(results[0].image, reference[0]) if 0 in reference else math.nan
+    del batch, generator, results
+    return {
+        "compile": compile_mode, "loop": compiler.mode, "batch": batch_size, "out_of_memory": False,
+        "seconds_per_iteration": per_iteration, "seconds_per_image": per_image,
+        "images_per_hour": 3600.0 / per_image, "warmup_seconds": warmup,
+        "peak_memory_mib": peak / 2**20, "psnr_vs_alone_db": psnr,
+        "compile_failure": compiler.failure,
+    }
+
+
+def _psnr(a, b) -> float:
+    import numpy as np
+
+    x, y = (np.asarray(image, dtype=np.float64) for image in (a, b))
+    mse = float(((x - y) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    base = next((row for row in rows if row["compile"] == "off" and row["batch"] == 1
+                 and not row["out_of_memory"]), None)
+    header = ("compile", "batch", "s/iteration", "s/image", "images/h", "vs eager 1", "warm-up s",
+              "peak MiB", "psnr dB")
+    lines = [header]
+    for row in rows:
+        if row["out_of_memory"]:
+            lines.append((row["compile"], str(row["batch"]), "out of memory", *[""] * (len(header) - 3)))
+            continue
+        ratio = row["images_per_hour"] / base["images_per_hour"] if base else math.nan
+        lines.append((row["compile"] + (" (fell back to eager)" if row["compile_failure"] else ""), str(row["batch"]),
+                      f"{row['seconds_per_iteration']:.3f}", f"{row['seconds_per_image']:.1f}",
+                      f"{row['images_per_hour']:.1f}", f"{ratio:.2f}x", f"{row['warmup_seconds']:.1f}",
+                      f"{row['peak_memory_mib']:.0f}", f"{row['psnr_vs_alone_db']:.1f}"))
+    widths = [max(len(line[k]) for line in lines) for k in range(len(header))]
+    return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in lines)
+
+
+def _list(kind, choices=None):
+    def parse(text: str) -> list:
+        values = [kind(part) for part in text.split(",") if part.strip()]
+        if not values or (choices is not None and any(value not in choices for value in values)):
+            raise argparse.ArgumentTypeError(f"a comma-separated list{f' of {choices}' if choices else ''}")
+        return values
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,66 +270,86 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
     parser.add_argument("--size", type=parse_size, default=(512, 512), help="WIDTHxHEIGHT or one number (default 512)")
-    parser.add_argument("--cutn", type=int, default=32, help="cutouts per iteration (default 32)")
-    parser.add_argument("--iterations", type=int, default=20, help="timed iterations (default 20)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
+    parser.add_argument("--cutn", type=int, default=32, help="cutouts per job and iteration (default 32)")
+    parser.add_argument("--batches", type=_list(int), default=[1, 2, 4, 8], help="batch sizes (default 1,2,4,8)")
+    parser.add_argument("--compile", type=_list(str, ("off", "on")), default=["off", "on"],
+                        help="compile modes to measure: off, on (default off,on)")
+    parser.add_argument("--iterations", type=int, default=10, help="timed iterations per round (default 10)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per row; the best is kept (default 3)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2, at least 1)")
+    parser.add_argument("--image-iterations", type=int, default=PAPER_ITERATIONS,
+                        help=f"iterations of one image, for s/image and images/h (default {PAPER_ITERATIONS})")
     parser.add_argument("--l2", type=float, default=L2_ALPHA, help=f"the loop's α (default {L2_ALPHA:g})")
     parser.add_argument("--l2-decay", choices=L2_DECAYS, default=L2_DECAY, help=f"α's schedule (default {L2_DECAY})")
     parser.add_argument("--decoder-dtype", choices=("auto", *DECODER_DTYPES), default="auto",
                         help="the decoder's precision in the loop (default auto: bf16 where the GPU computes "
                              "it natively, else fp16; fp32 on the CPU); the loss is scaled wherever fp16 is used")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--tiny", action="store_true", help="the tiny test models instead (a quick try)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
+    args.warmup = max(1, args.warmup)
+    args.iterations = max(1, args.iterations)
+    args.rounds = max(1, args.rounds)
 
     import torch
 
-    from engine.generate import GenerationRequest, Generator, Numerics
+    from engine.generate import Numerics
     from engine.models.loading import pick_device
-    from engine.prompts import parse_prompt
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     started = time.perf_counter()
-    models = build_models(device)
+    models = build_tiny_models(device) if args.tiny else build_models(device)
     build_seconds = time.perf_counter() - started
     numerics = None
     if args.decoder_dtype != "auto":
         numerics = Numerics.with_decoder(getattr(torch, DECODER_DTYPES[args.decoder_dtype]), models.perceptor.dtype)
-    generator = Generator(models, numerics)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-
-    warmup = max(1, args.warmup)
-    stamps: list[tuple[int, float]] = []
-    request = GenerationRequest(
-        prompts=parse_prompt("a forest rendered in low poly"), size=args.size, cutn=args.cutn,
-        iterations=warmup + args.iterations, seed=0, progress_every=warmup, preview_size=64,
-        l2_weight=args.l2, l2_decay=args.l2_decay,
-    )
-    # Progress points sync with the device (loss.item()), so the stamps are honest.
-    result = generator.run(request, on_progress=lambda p: stamps.append((p.iteration, time.perf_counter())))
-    (first_it, first_t), (last_it, last_t) = stamps[0], stamps[-1]
-    per_iteration = (last_t - first_t) / max(1, last_it - first_it)
-    memory, memory_kind = peak_memory_bytes(device)
+    numerics = numerics or Numerics.for_models(models)
+    memory = PeakMemory(device)
+    reference: dict[int, Any] = {}
+    rows = []
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="  %(name)s: %(message)s")
+    logging.getLogger("engine.compiling").setLevel(logging.INFO)  # the warm-up of each shape
+    for compile_mode in args.compile:
+        # Within a mode the rows run in order, as the worker meets shapes: the first batch
+        # size compiles for its shape, the second recompiles with dynamic shapes, and later
+        # ones reuse that (with CUDA graphs: recorded once per shape).
+        torch._dynamo.reset()
+        for batch_size in args.batches:
+            row = measure(models, numerics, compile_mode, batch_size, args, memory, reference)
+            rows.append(row)
+            if row["out_of_memory"]:
+                print(f"  compile {compile_mode}, batch {batch_size}: out of memory; no larger batch "
+                      "is tried", file=sys.stderr, flush=True)
+                free_memory(device)
+                break
+            print(f"  measured: compile {compile_mode}, batch {batch_size}: "
+                  f"{row['seconds_per_iteration']:.3f} s/iteration", file=sys.stderr, flush=True)
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
-        "size": f"{result.size[0]}x{result.size[1]}",
-        "decoder_dtype": str(generator.numerics.decoder_dtype).removeprefix("torch."),
-        "scaled_gradients": generator.numerics.scale_gradients,
-        "cutn": args.cutn,
-        "timed_iterations": last_it - first_it,
-        "seconds_per_iteration": round(per_iteration, 4),
-        "seconds_per_400_iteration_image": round(per_iteration * 400, 1),
-        "peak_memory_mib": round(memory / 2**20, 1),
-        "peak_memory_kind": memory_kind,
+        "models": f"{models.vqgan_name} + {models.clip_name}",
+        "size": f"{args.size[0]}x{args.size[1]}", "cutn": args.cutn,
+        "decoder_dtype": str(numerics.decoder_dtype).removeprefix("torch."),
+        "scaled_gradients": numerics.scale_gradients,
+        "timed_iterations": f"{args.rounds} rounds of {args.iterations} (the best round kept)",
+        "warmup_iterations": args.warmup,
+        "peak_memory_kind": memory.kind,
         "model_build_seconds": round(build_seconds, 1),
+        "rows": rows,
     }
     if args.json:
-        print(json.dumps(report))
-    else:
-        for key, value in report.items():
-            print(f"{key:>32}: {value}")
+        print(json.dumps(report, default=str))
+        return 0
+    for key, value in report.items():
+        if key != "rows":
+            print(f"{key:>20}: {value}")
+    print(_table(rows))
+    for row in rows:
+        if row.get("compile_failure"):
+            print(f"compile {row['compile']} batch {row['batch']} fell back to eager: {row['compile_failure']}")
     return 0
 
 

@@ -151,13 +151,7 @@ class Worker:
                 self._cond.wait()
             if self._stopping and not self.runner.busy:
                 return False
-            starting: list[_Live] = []
-            while (not self._stopping and self._queue and len(self._live) < self.capacity
-                   and self.runner.can_start(self._queue[0])):
-                live = _Live(self._queue.popleft())
-                self._live[live.submit.job] = live
-                starting.append(live)
-        for live in starting:
+        while (live := self._next_to_start()) is not None:
             self._out.send(p.Started(live.submit.job))
             live.events = self._events_of(live)
             try:
@@ -168,6 +162,17 @@ class Worker:
             self._step()
         self._give_back_memory()
         return True
+
+    def _next_to_start(self) -> _Live | None:
+        """The job at the front of the queue, if it may start now. One at a time: whether the
+        next may start depends on the runner having started this one (its size, memory)."""
+        with self._cond:
+            if (self._stopping or not self._queue or len(self._live) >= self.capacity
+                    or not self.runner.can_start(self._queue[0])):
+                return None
+            live = _Live(self._queue.popleft())
+            self._live[live.submit.job] = live
+            return live
 
     def _step(self) -> None:
         with self._cond:

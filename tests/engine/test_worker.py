@@ -477,6 +477,39 @@ def test_a_job_that_cannot_start_fails_and_the_running_ones_go_on():
     harness.join()
 
 
+
+class OneSizeRunner(FakeJobRunner):
+    """Takes a job only beside running jobs of its size, as the real batch does."""
+
+    def can_start(self, job: p.Submit) -> bool:
+        return super().can_start(job) and all(
+            (running.submit.width, running.submit.height) == (job.width, job.height)
+            for running in self._jobs)
+
+
+def test_jobs_waiting_together_start_one_by_one_as_the_runner_can_take_them():
+    """All three wait before the worker looks: each is offered only once the one before it
+    has started, so the wide one waits (and holds back the one behind it)."""
+    to_worker_r, to_worker_w = os.pipe()
+    from_worker_r, from_worker_w = os.pipe()
+    worker_out = os.fdopen(from_worker_w, "wb")
+    worker = Worker(OneSizeRunner(0.002, capacity=3), os.fdopen(to_worker_r, "rb"), worker_out)
+    for job in (submit("a", iterations=5), submit("wide", width=48, iterations=5), submit("b", iterations=5)):
+        worker._queue.append(job)
+    thread = threading.Thread(target=worker.serve, daemon=True)
+    thread.start()
+    reader = os.fdopen(from_worker_r, "rb")
+    writer = os.fdopen(to_worker_w, "wb")
+    messages = []
+    while not (messages and isinstance(messages[-1], p.Done) and messages[-1].job == "b"):
+        messages.append(p.read_message(reader))
+    writer.close()
+    thread.join(TIMEOUT)
+    worker_out.close()
+    kinds = [(type(m).__name__, m.job) for m in messages if isinstance(m, (p.Started, p.Done))]
+    assert kinds == [("Started", "a"), ("Done", "a"), ("Started", "wide"), ("Done", "wide"),
+                     ("Started", "b"), ("Done", "b")]
+
 class BrokenStepRunner(FakeJobRunner):
     """A runner with a bug in its step once `broken` is set."""
 
@@ -638,6 +671,33 @@ def test_real_engine_batches_jobs_of_one_size_and_a_job_of_another_size_waits(ti
     harness.close_input()
     assert harness.join() == 0
 
+
+
+def test_a_runner_whose_loop_cannot_compile_runs_it_eager_and_makes_the_eager_png(tiny_loaded,
+                                                                                 monkeypatch, caplog):
+    import logging
+
+    import torch
+
+    from engine.generator_runner import GeneratorJobRunner
+
+    job = submit("c", width=32, height=32, iterations=2, cutn=2, seed=5, progress_every=0)
+    eager = GeneratorJobRunner(tiny_loaded, compile="auto")  # auto: eager on the CPU
+    assert eager.generator.compiler.mode == "eager"
+    expected = eager.run(job, lambda progress: None, lambda: False)
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("torch.compile is not available here")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    runner = GeneratorJobRunner(tiny_loaded, compile="on")
+    assert runner.generator.compiler.mode == "compiled"
+    with caplog.at_level(logging.WARNING, logger="engine.compiling"):
+        done = runner.run(job, lambda progress: None, lambda: False)
+    assert done.png == expected.png
+    assert runner.generator.compiler.mode == "eager"
+    assert "the compiled loop failed, running eager from now on: RuntimeError: torch.compile is not " \
+           "available here" in caplog.text
 
 def test_the_worker_s_batch_and_compile_default_to_auto():
     from engine.cli import build_parser
