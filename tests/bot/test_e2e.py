@@ -6,7 +6,7 @@ journeys that matter: `/imagine` and `/edit` with an attachment, a worker killed
 (crash -> Retry -> the retry succeeds), a short job's first preview, and a queue whose
 waiting messages follow it. And on the worker's fake runner (`--fake`, no torch), which
 serves several jobs at once like the real one (`--batch 3`): three members' jobs computing
-together, one cancelled while the others finish.
+together, one cancelled while the others finish; a worker killed with two jobs computing.
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ async def test_edit_with_an_attachment_end_to_end_with_a_real_engine(real_engine
 
 
 async def ended(world: World, job_id: str) -> Job:
-    """Wait (in real time) for one job to end."""
+    """Wait (in real time) for one job to end; the job as stored once the bot has settled
+    (its result or failure posted)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + JOB_TIMEOUT
     while True:
@@ -123,7 +124,9 @@ async def ended(world: World, job_id: str) -> Job:
         assert job is not None
         if job.status.is_finished:
             await world.env.settle()
-            return job
+            settled = await world.services.store.get_job(job_id)
+            assert settled is not None
+            return settled
         assert loop.time() < deadline, f"job still {job.status} after {JOB_TIMEOUT} s"
         await asyncio.sleep(0.05)
 
@@ -246,3 +249,36 @@ async def test_three_members_jobs_compute_at_once_in_a_batching_engine_and_a_can
             (result,) = [m for m in world.bot_messages() if m.id == job.result_message_id]
             assert result.content.startswith(f"<@{job.user_id}>") and result.attachments
             assert job.iterations == 100
+
+
+async def test_a_batching_engine_killed_with_two_jobs_computing_fails_both_uncharged_and_the_next_runs() -> None:
+    command = [sys.executable, "-m", "engine", "worker", "--fake", "--batch", "2",
+               "--fake-seconds-per-iteration", "0.05"]
+    client = EngineClient(command, ready_timeout=120, restart_delay=0.1)
+    await client.start()
+    engine = RealEngine(client)
+    try:
+        settings = {**E2E_SETTINGS, "default_iterations": 100}
+        async with running_world(engine, **settings) as world:  # type: ignore[arg-type]
+            for member in (world.alice, world.bob, world.mod):
+                await member.slash(world.channel, "imagine", prompt=f"by {member.name}")
+            alice, bob, mod = await world.services.store.jobs_with_status()
+            running = world.services.running
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + JOB_TIMEOUT
+            while not (len(running) == 2 and all(job.iteration >= 1 for job in running.values())):
+                assert loop.time() < deadline, "the two jobs never computed at once"
+                await asyncio.sleep(0.01)
+            ready = engine.ready_info
+            assert ready is not None and list(running) == [alice.id, bob.id]
+            os.kill(ready.pid, signal.SIGKILL)
+
+            for job in (await ended(world, alice.id), await ended(world, bob.id)):
+                assert (job.status, job.failure) == (JobStatus.FAILED, protocol.FAIL_CRASH)
+            for member in (world.alice, world.bob):
+                assert (await world.services.quotas.check(world.guild.id, member.id)).used == 0
+            third = await ended(world, mod.id)  # waited in the queue, ran on the new worker
+            assert third.status is JobStatus.DONE, third.error
+            assert engine.ready_info is not None and engine.ready_info.pid != ready.pid
+    finally:
+        await client.close()
