@@ -11,16 +11,22 @@ ones, so the timings are those of real jobs. It runs `engine.batching.Batch` ove
     python bench/benchmark.py --size 512 --cutn 32 --iterations 10            # on the GPU
     python bench/benchmark.py --device cpu --size 128 --cutn 4 --iterations 3 --compile off,on
 
-Each row runs B jobs (different prompts and seeds) together for `--warmup` untimed
-iterations, then `--rounds` rounds of `--iterations` timed ones. `s/iteration` is one step
-of the batch (every job advances one iteration), in the best round: other load on the
-machine only ever slows a round down; `s/image` is what one 400-iteration image costs at that pace
-(s/iteration * 400 / B); `vs eager 1` is the row's images per hour over eager batch 1's, so
-a batch pays where it is above 1. `warm-up` is the batch's first step (compiling included
-where compiled: rows of one mode run in order, as the worker meets shapes, so the first
-compiles for its shape, the second recompiles with dynamic shapes, later ones reuse it). `psnr` compares the first job's image with the same job run eagerly alone
-(inf: the same pixels). Memory: on CUDA the caching allocator's peak for the row; on the
-CPU the process's peak RSS during the row (VmHWM, reset per row where Linux allows).
+Each row runs B jobs (different prompts and seeds) together. Within a compile mode, one
+generator serves every row, as one worker would: the rows start in order and run their
+`--warmup` iterations (`warm-up` is the first step, compiling included where compiled: the
+first batch size compiles for its shape, the second recompiles with dynamic shapes, later
+ones reuse that), then `--rounds` timed rounds of `--iterations` go round the rows in turn,
+so a spell of other load on the machine falls on every row alike.
+
+`s/iteration` is one step of the batch (every job advances one iteration) in the row's best
+round (other load only ever slows a round down); `s/image` is what one 400-iteration image
+costs at that pace (s/iteration * 400 / B); `vs eager 1` is the row's images per hour over
+eager batch 1's, so a batch pays where it is above 1: against the same jobs run one after
+another. `psnr` compares the first job's image with the same job run eagerly alone (inf:
+the same pixels). `peak MiB`, taken over the row's warm-up: on CUDA the caching
+allocator's peak (other rows' jobs hold only their latents and Adam state); on the CPU the
+process's peak RSS (VmHWM, reset per row where Linux allows; it keeps what the allocator
+kept from earlier rows).
 
 Not a test: it prints numbers and asserts nothing.
 """
@@ -167,65 +173,107 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(models, numerics, compile_mode: str, batch_size: int, args, memory: PeakMemory,
-            reference: dict[int, Any]) -> dict[str, Any]:
-    """One row: `batch_size` jobs stepped together; times, memory, the first job's image."""
+class Row:
+    """One batch size in one compile mode: its jobs, its warm-up, its timed rounds."""
+
+    def __init__(self, compile_mode: str, batch_size: int) -> None:
+        self.compile_mode, self.batch_size = compile_mode, batch_size
+        self.batch: Any = None
+        self.results: list[Any] = [None] * batch_size
+        self.warmup = math.nan
+        self.peak = 0
+        self.rounds: list[float] = []
+        self.out_of_memory = False
+
+    def report(self, compiler, args, reference: dict[int, Any]) -> dict[str, Any]:
+        if self.out_of_memory:
+            return {"compile": self.compile_mode, "batch": self.batch_size, "out_of_memory": True}
+        failed = [outcome for outcome in self.results if not hasattr(outcome, "image")]
+        if failed:
+            raise RuntimeError(f"a job failed: {failed[0]!r}")
+        per_iteration = min(self.rounds)  # other load on the machine only ever slows a round down
+        per_image = per_iteration * args.image_iterations / self.batch_size
+        image = self.results[0].image
+        return {
+            "compile": self.compile_mode, "loop": compiler.mode, "batch": self.batch_size,
+            "out_of_memory": False, "seconds_per_iteration": per_iteration,
+            "seconds_per_image": per_image, "images_per_hour": 3600.0 / per_image,
+            "warmup_seconds": self.warmup, "peak_memory_mib": self.peak / 2**20,
+            "psnr_vs_alone_db": _psnr(image, reference[0]) if 0 in reference else math.nan,
+            "compile_failure": compiler.failure,
+        }
+
+
+def run_mode(models, numerics, compile_mode: str, args, memory: PeakMemory,
+             reference: dict[int, Any]) -> list[dict[str, Any]]:
+    """Every batch size in one compile mode, with one generator (and compiler), as a worker.
+
+    First each row starts and runs its warm-up iterations, in order (its peak memory is taken
+    then); then the timed rounds go round the rows in turn, so a spell of other load on the
+    machine falls on every row alike and each row keeps its best round."""
+    import torch
+
     from engine.batching import Batch, BatchJob, MemoryGuard
     from engine.compiling import Compiler
     from engine.generate import GenerationRequest, Generator
     from engine.prompts import parse_prompt
 
     device = models.device
+    torch._dynamo.reset()
     compiler = Compiler(compile_mode, device)
     generator = Generator(models, numerics, compiler)
     total = args.warmup + args.rounds * args.iterations
-    requests = [GenerationRequest(prompts=parse_prompt(PROMPTS[k % len(PROMPTS)]), size=args.size,
-                                  cutn=args.cutn, iterations=total, seed=k, l2_weight=args.l2,
-                                  l2_decay=args.l2_decay)
-                for k in range(batch_size)]
-    results: list[Any] = [None] * batch_size
-    batch = Batch(generator, capacity=batch_size, memory=MemoryGuard(None))  # all at once: what is measured
-    memory.reset()
-    for k, request in enumerate(requests):
-        batch.join(BatchJob(request, lambda outcome, k=k: results.__setitem__(k, outcome)))
-    synchronize(device)
-    started = time.perf_counter()
-    batch.step()  # the warm-up: compiling, where compiled, happens here
-    synchronize(device)
-    warmup = time.perf_counter() - started
-    for _ in range(args.warmup - 1):
-        batch.step()
-    rounds = []
-    for _ in range(args.rounds):  # nothing syncs inside a round, as in the worker's loop
-        if batch.limits:  # out of memory: the batch set jobs aside, the row is not B jobs
-            del batch, generator, results
-            return {"compile": compile_mode, "batch": batch_size, "out_of_memory": True}
+    rows: list[Row] = []
+    for batch_size in args.batches:
+        row = Row(compile_mode, batch_size)
+        rows.append(row)
+        # All at once, without the memory guard: the batch size is what is measured.
+        row.batch = Batch(generator, capacity=batch_size, memory=MemoryGuard(None))
+        memory.reset()
+        for k in range(batch_size):
+            request = GenerationRequest(prompts=parse_prompt(PROMPTS[k % len(PROMPTS)]), size=args.size,
+                                        cutn=args.cutn, iterations=total, seed=k, l2_weight=args.l2,
+                                        l2_decay=args.l2_decay)
+            row.batch.join(BatchJob(request, lambda outcome, row=row, k=k: row.results.__setitem__(k, outcome)))
         synchronize(device)
         started = time.perf_counter()
-        for _ in range(args.iterations):
-            batch.step()
+        row.batch.step()  # the warm-up: compiling, where compiled, happens here
         synchronize(device)
-        rounds.append((time.perf_counter() - started) / args.iterations)
-    if batch.limits or batch.busy:
-        del batch, generator, results
-        return {"compile": compile_mode, "batch": batch_size, "out_of_memory": True}
-    peak = memory.read()
-    failed = [outcome for outcome in results if not hasattr(outcome, "image")]
-    if failed:
-        raise RuntimeError(f"a job failed: {failed[0]!r}")
-    if compile_mode == "off" and batch_size == 1:
-        reference[0] = results[0].image
-    per_iteration = min(rounds)  # other load on the machine only ever slows a round down
-    per_image = per_iteration * args.image_iterations / batch_size
-    psnr = _psnr(results[0].image, reference[0]) if 0 in reference else math.nan
-    del batch, generator, results
-    return {
-        "compile": compile_mode, "loop": compiler.mode, "batch": batch_size, "out_of_memory": False,
-        "seconds_per_iteration": per_iteration, "seconds_per_image": per_image,
-        "images_per_hour": 3600.0 / per_image, "warmup_seconds": warmup,
-        "peak_memory_mib": peak / 2**20, "psnr_vs_alone_db": psnr,
-        "compile_failure": compiler.failure,
-    }
+        row.warmup = time.perf_counter() - started
+        for _ in range(args.warmup - 1):
+            row.batch.step()
+        synchronize(device)
+        row.peak = memory.read()
+        print(f"  compile {compile_mode}, batch {batch_size}: warm-up {row.warmup:.1f} s",
+              file=sys.stderr, flush=True)
+        if row.batch.limits:  # out of memory: the batch set jobs aside, it is not B jobs
+            row.out_of_memory, row.batch = True, None
+            print(f"  compile {compile_mode}, batch {batch_size}: out of memory; no larger batch is tried",
+                  file=sys.stderr, flush=True)
+            free_memory(device)
+            break
+    for _ in range(args.rounds):
+        for row in rows:
+            if row.out_of_memory:
+                continue
+            synchronize(device)
+            started = time.perf_counter()
+            for _ in range(args.iterations):  # nothing syncs inside a round, as in the worker's loop
+                row.batch.step()
+            synchronize(device)
+            row.rounds.append((time.perf_counter() - started) / args.iterations)
+            if row.batch.limits:
+                row.out_of_memory, row.batch = True, None
+                free_memory(device)
+    for row in rows:
+        if not row.out_of_memory and row.batch.busy:
+            raise RuntimeError(f"batch {row.batch_size} has not finished its iterations")
+    if compile_mode == "off" and rows and rows[0].batch_size == 1 and not rows[0].out_of_memory:
+        reference[0] = rows[0].results[0].image
+    reports = [row.report(compiler, args, reference) for row in rows]
+    del rows
+    free_memory(device)
+    return reports
 
 
 def _psnr(a, b) -> float:
@@ -313,20 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="  %(name)s: %(message)s")
     logging.getLogger("engine.compiling").setLevel(logging.INFO)  # the warm-up of each shape
     for compile_mode in args.compile:
-        # Within a mode the rows run in order, as the worker meets shapes: the first batch
-        # size compiles for its shape, the second recompiles with dynamic shapes, and later
-        # ones reuse that (with CUDA graphs: recorded once per shape).
-        torch._dynamo.reset()
-        for batch_size in args.batches:
-            row = measure(models, numerics, compile_mode, batch_size, args, memory, reference)
-            rows.append(row)
-            if row["out_of_memory"]:
-                print(f"  compile {compile_mode}, batch {batch_size}: out of memory; no larger batch "
-                      "is tried", file=sys.stderr, flush=True)
-                free_memory(device)
-                break
-            print(f"  measured: compile {compile_mode}, batch {batch_size}: "
-                  f"{row['seconds_per_iteration']:.3f} s/iteration", file=sys.stderr, flush=True)
+        rows += run_mode(models, numerics, compile_mode, args, memory, reference)
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
