@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio
+from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -152,6 +153,11 @@ class RemoteJobStream:
             raise StopAsyncIteration
         return event
 
+    @property
+    def worker(self) -> str | None:
+        """The name of the worker that started the job (None until it has)."""
+        return self._job.worker
+
     async def cancel(self) -> None:
         """Same as `backend.cancel(stream.job_id)`."""
         await self._backend.cancel(self.job_id)
@@ -208,6 +214,7 @@ class RedisBackend:
         self._nonces = itertools.count(random.randrange(1, 2**40))
         self._inbox_last = "0-0"
         self._connected = False
+        self._ever_connected = False
         self._connected_at = 0.0
         self._connected_event = asyncio.Event()
         self._wake = asyncio.Event()
@@ -390,8 +397,7 @@ class RedisBackend:
     def client(self) -> redis.asyncio.Redis:
         if self._client is None:
             assert self.target is not None
-            self._client = open_client(self.target, client_name="vqc-bot",
-                                       socket_timeout=self.read_block + 30.0)
+            self._client = open_client(self.target, socket_timeout=self.read_block + 30.0)
         return self._client
 
     def _task_ended(self, task: asyncio.Task[Any]) -> None:
@@ -419,9 +425,9 @@ class RedisBackend:
                 delay = min(delay * 2, self.max_backoff)
                 continue
             except ResponseError as error:  # NOPERM and the like: the operator must act
-                self._record_error(f"Redis at {self.shown_target} refused a command: "
-                                   f"{self._hide(error)}")
-                log.error("remote workers: %s", self.last_error)
+                if self._record_error(f"Redis at {self.shown_target} refused a command: "
+                                      f"{self._hide(error)}"):
+                    log.error("remote workers: %s", self.last_error)
                 self._set_state(EngineState.DOWN)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
@@ -437,13 +443,18 @@ class RedisBackend:
                                        max(0.01, next_check - time.monotonic()))
 
     async def _connect(self) -> None:
-        """Say what the bot expects, make sure the group exists, find the inbox's end."""
-        await self._write_expectation()
+        """Say what the bot expects, make sure the group exists, find the inbox's end. A
+        reconnection to a Redis that lost the bot's keys re-dispatches what it lost."""
+        lost = self._ever_connected and not await self.client.exists(self.layout.expect)
+        if lost:
+            await self._redis_lost_data()
+        else:
+            await self._write_expectation()
         newest = ids_of(await self.client.xrevrange(self.layout.inbox, count=1))
         if newest and self._inbox_last == "0-0":
             self._inbox_last = newest[0]
-        was_down = self.last_error is not None and self.last_error.startswith("Redis")
-        self._connected = True
+        was_down = self._ever_connected
+        self._connected = self._ever_connected = True
         self._connected_at = time.monotonic()
         self._connected_event.set()
         log.log(logging.WARNING if was_down else logging.INFO,
@@ -464,7 +475,11 @@ class RedisBackend:
         """Redis went away: note it once; the jobs wait, the loops back off."""
         if self._closing:
             return
-        message = f"Redis at {self.shown_target} is unreachable: {self._hide(error)}"
+        if isinstance(error, AuthenticationError):
+            message = (f"Redis at {self.shown_target} refused the login: {self._hide(error)} "
+                       "(check the user and password in REDIS_URL)")
+        else:
+            message = f"Redis at {self.shown_target} is unreachable: {self._hide(error)}"
         if self._connected or self.last_error != message:
             log.error("remote workers: %s; %d job(s) wait; reconnecting", message,
                       self._waiting_count())
@@ -951,10 +966,13 @@ class RedisBackend:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
-    def _record_error(self, text: str) -> None:
-        if text != self.last_error:
-            self.last_error = text
-            self.last_error_at = self.clock()
+    def _record_error(self, text: str) -> bool:
+        """Keep `text` as the last error; whether it is new (worth logging)."""
+        if text == self.last_error:
+            return False
+        self.last_error = text
+        self.last_error_at = self.clock()
+        return True
 
     def _waiting_count(self) -> int:
         return sum(1 for job in self._jobs.values() if not job.finished)

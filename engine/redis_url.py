@@ -182,14 +182,14 @@ def _tls_options(query: str, tls: bool, shown: str) -> tuple[tuple[str, str], ..
     return tuple(options)
 
 
-def open_client(target: RedisTarget, *, client_name: str | None = None,
-                socket_timeout: float = 30.0) -> redis.asyncio.Redis:
+def open_client(target: RedisTarget, *, socket_timeout: float = 30.0) -> redis.asyncio.Redis:
     """An asyncio redis-py client for `target` (connects on first use).
 
     Replies are RESP2 (the shapes are the same on every server since Redis 5); a dropped
     connection is retried once at once (a pooled connection that outlived a server restart
     fails its first command), then the callers' own loops back off. `socket_timeout` must
-    exceed the longest BLOCK the caller asks for.
+    exceed the longest BLOCK the caller asks for. No client name is set: CLIENT is not
+    among the commands the documented ACL user may run (docs/remote-workers.md).
     """
     import redis.asyncio
     from redis.asyncio.retry import Retry
@@ -205,6 +205,6 @@ def open_client(target: RedisTarget, *, client_name: str | None = None,
                 kwargs[name] = value.lower() if name == "ssl_cert_reqs" else value
     return redis.asyncio.Redis(
         host=target.host, port=target.port, db=target.db, username=target.username,
-        password=target.password, client_name=client_name, protocol=2,
+        password=target.password, protocol=2,
         socket_timeout=socket_timeout, socket_connect_timeout=10.0,
         retry=Retry(NoBackoff(), 1), health_check_interval=30, **kwargs)

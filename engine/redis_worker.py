@@ -203,7 +203,7 @@ class RemoteWorker:
             self.ready = await self._engine_ready(engine)
             self.capacity = self.ready.capacity
             if self._client is None:
-                self._client = open_client(self.config.target, client_name=f"vqc-worker-{self.name}",
+                self._client = open_client(self.config.target,
                                            socket_timeout=self.config.block + 30.0)
             await self._register()
         except BaseException:

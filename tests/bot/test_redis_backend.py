@@ -366,6 +366,27 @@ async def test_redis_losing_its_data_dispatches_again_what_had_not_started(backe
     a.stop_beating()
 
 
+async def test_a_redis_that_comes_back_empty_gets_the_unstarted_jobs_again(
+        server, backend, redis) -> None:
+    a = HandWorker(redis, "a")
+    a.start_beating()
+    await backend.start()
+    stream = backend.submit(submit("j1"))
+    await until(lambda: length_is(redis, 1))
+    a.stop_beating()
+    await redis.flushall()
+    server.connected = False      # Redis gone: the bot is down, the job waits
+    await until(lambda: _is(backend.status.state is EngineState.DOWN))
+    server.connected = True       # back, empty
+    a.start_beating()
+    _, job, run = await a.claim_one()
+    assert job.job == "j1"
+    await a.publish("j1", run, p.Started("j1"))
+    await a.publish("j1", run, p.Done("j1", b"png", 1, 0.1, 4, 64, 64))
+    assert [e.TYPE for e in await events_of(stream)] == ["started", "done"]
+    a.stop_beating()
+
+
 async def test_what_an_earlier_bot_left_is_cancelled_and_removed(server, redis) -> None:
     a = HandWorker(redis, "a", capacity=2)
     a.start_beating()
