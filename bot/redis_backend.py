@@ -106,8 +106,9 @@ class _Job:
     entry: str | None = None
     events_key: str | None = None
     last_id: str = "0-0"
-    #: The worker that started it (from its `started` entry).
+    #: The worker (name and process) that started it (from its `started` entry).
     worker: str | None = None
+    instance: str | None = None
     started: bool = False
     cancel_requested: bool = False
     cancel_sent: bool = False
@@ -559,7 +560,11 @@ class RedisBackend:
             instance = as_text(fields.get(b"instance", b""))
             self._refuse(worker, instance, f"its heartbeat cannot be read: {error}")
             return
+        previous = worker.beat
         worker.beat = beat
+        if (previous is not None and previous.instance != beat.instance
+                and worker.state in (WorkerState.LIVE, WorkerState.DRAINING)):
+            await self._instance_ended(worker, previous.instance)
         refusal = self.expect.refusal(beat.ready)
         if refusal is not None:
             self._refuse(worker, beat.instance, refusal)
@@ -613,6 +618,23 @@ class RedisBackend:
                 for entry_id in ids_of(claimed):
                     await self._reclaimed(entry_id, worker.name)
         self._update_state()
+
+    async def _instance_ended(self, worker: _Worker, instance: str) -> None:
+        """The worker restarted under its name before the bot saw its heartbeat lapse: the
+        jobs the old process started died with it. (Its unstarted claims are left idle by
+        the new process, and XAUTOCLAIM takes them back.)"""
+        started = [job for job in self._jobs.values() if job.worker == worker.name
+                   and job.instance == instance and job.started and not job.finished]
+        self.workers_lost += 1
+        log.error("remote workers: %s restarted; %d job(s) it had started fail as an engine "
+                  "crash", worker.name, len(started))
+        for job in started:
+            entry, run = job.entry, job.run
+            self._crashed(job)
+            with contextlib.suppress(*UNREACHABLE, RedisError):
+                await self._drop_entry(entry)
+                if run is not None:
+                    await self._control(worker.name, p.Cancel(job.id), run)
 
     async def _reclaim_idle(self) -> None:
         """XAUTOCLAIM: entries nobody kept claimed for `claim_timeout` (workers re-claim
@@ -781,7 +803,7 @@ class RedisBackend:
                       job.id, getattr(message, "job", None))
             return
         if isinstance(message, p.Started | p.Progress) and not job.started:
-            job.started, job.worker = True, entry.worker
+            job.started, job.worker, job.instance = True, entry.worker, entry.instance
         if isinstance(message, p.Started | p.Progress):
             job.events.put_nowait(message)
         elif isinstance(message, p.Error):

@@ -14,7 +14,7 @@ Keys, all under one prefix (default `vqgan-clip:`, so that one Redis ACL rule co
 | key | type | what |
 | --- | --- | --- |
 | `P jobs` | stream, group `workers` | one entry per dispatched job: `frame` (Submit), `run` (the dispatch's token) |
-| `P events:<job>:<run>` | stream | the job's events from its worker: `frame` (Started, Progress, Done, Failed, Cancelled, Error), `worker`; deleted by the bot after the final one, expiring anyway |
+| `P events:<job>:<run>` | stream | the job's events from its worker: `frame` (Started, Progress, Done, Failed, Cancelled, Error), `worker`, `instance`; deleted by the bot after the final one, expiring anyway |
 | `P worker:<name>` | hash, TTL | the worker's heartbeat: `ready` (its Ready frame), `busy`, `done`, `ttl`, `instance`, `draining` |
 | `P workers` | set | the names of workers that have registered (a name whose heartbeat is gone is dead) |
 | `P worker:<name>:control` | stream | to the worker: `frame` (Cancel, Ping, Shutdown), `run` for a cancel |
@@ -45,6 +45,7 @@ RECLAIMER = "bot-reclaimer"
 FRAME = "frame"
 RUN = "run"
 WORKER = "worker"
+INSTANCE = "instance"
 #: An entry holds at most one frame: its header, blob and length prefix.
 MAX_ENTRY_BYTES = 4 + p.MAX_HEADER_SIZE + p.MAX_BLOB_SIZE
 
@@ -137,16 +138,18 @@ class Entry:
     message: p.Message
     run: str | None = None
     worker: str | None = None
+    #: The worker process (its heartbeat's `instance`): a worker restarted under the same
+    #: name is another instance, and the jobs the old one started died with it.
+    instance: str | None = None
 
 
-def entry_fields(message: p.Message, *, run: str | None = None,
-                 worker: str | None = None) -> dict[str, bytes]:
+def entry_fields(message: p.Message, *, run: str | None = None, worker: str | None = None,
+                 instance: str | None = None) -> dict[str, bytes]:
     """The fields of an entry carrying `message`. ProtocolError if it is over the limits."""
     fields = {FRAME: p.encode_message(message)}
-    if run is not None:
-        fields[RUN] = run.encode()
-    if worker is not None:
-        fields[WORKER] = worker.encode()
+    for name, value in ((RUN, run), (WORKER, worker), (INSTANCE, instance)):
+        if value is not None:
+            fields[name] = value.encode()
     return fields
 
 
@@ -234,7 +237,10 @@ def read_entry(fields: Mapping[bytes, bytes], types: frozenset[str]) -> Entry:
     worker = _text(fields, WORKER)
     if worker is not None and not _NAME.fullmatch(worker):
         raise p.ProtocolError("the entry's `worker` is not a worker name", job=job)
-    return Entry(message, run, worker)
+    instance = _text(fields, INSTANCE)
+    if instance is not None and not is_run(instance):
+        raise p.ProtocolError("the entry's `instance` is not an instance token", job=job)
+    return Entry(message, run, worker, instance)
 
 
 # --------------------------------------------------------------------------------------

@@ -429,7 +429,7 @@ class RemoteWorker:
     def _answer(self, job: str, run: str, entry_id: str, message: p.Message) -> None:
         """A job's only event, sent by this bridge rather than the engine."""
         self._enqueue(_Outgoing(self.layout.events(job, run),
-                                entry_fields(message, worker=self.name), EVENTS_MAXLEN,
+                                entry_fields(message, worker=self.name, instance=self.instance), EVENTS_MAXLEN,
                                 self.config.events_ttl, ack=entry_id))
 
     async def _control_loop(self, engine: WorkerThread) -> None:
@@ -488,7 +488,7 @@ class RemoteWorker:
 
     def _from_engine(self, message: p.Message) -> None:
         if isinstance(message, p.Pong):
-            self._enqueue(_Outgoing(self.layout.inbox, entry_fields(message, worker=self.name),
+            self._enqueue(_Outgoing(self.layout.inbox, entry_fields(message, worker=self.name, instance=self.instance),
                                     INBOX_MAXLEN))
             return
         job = getattr(message, "job", None)
@@ -507,7 +507,7 @@ class RemoteWorker:
         ends = isinstance(message, (*p.TERMINAL_EVENTS, p.Error))
         if isinstance(message, p.Started):
             run.started = True
-        self._enqueue(_Outgoing(run.events, entry_fields(message, worker=self.name),
+        self._enqueue(_Outgoing(run.events, entry_fields(message, worker=self.name, instance=self.instance),
                                 EVENTS_MAXLEN, self.config.events_ttl,
                                 ack=run.entry if ends else None,
                                 progress=isinstance(message, p.Progress)))

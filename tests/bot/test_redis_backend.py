@@ -49,7 +49,7 @@ class HandWorker:
                  vqgan: str = "vq", clip: str = "cl", ttl: float = 0.3) -> None:
         self.redis, self.name, self.ttl = redis, name, ttl
         self.ready = p.Ready(version, "cuda:0", vqgan, clip, 100, capacity)
-        self.instance = f"{name}-1"
+        self.instance = f"{name}-1"   # another process under this name: another instance
         self._beating: asyncio.Task | None = None
         self._control_last = "0-0"
 
@@ -91,7 +91,8 @@ class HandWorker:
         return got[0]
 
     async def publish(self, job: str, run: str, message: p.Message) -> None:
-        await self.redis.xadd(LAYOUT.events(job, run), entry_fields(message, worker=self.name))
+        await self.redis.xadd(LAYOUT.events(job, run), entry_fields(
+            message, worker=self.name, instance=self.instance))
 
     async def controls(self) -> list[tuple[p.Message, str | None]]:
         reply = await self.redis.xread({LAYOUT.control(self.name): self._control_last})
@@ -250,6 +251,23 @@ async def test_a_worker_whose_heartbeat_expires_mid_job_fails_it_as_a_crash(back
     # Should it come back, it is told to drop that run.
     message, cancelled_run = await a.wait_control(p.Cancel)
     assert message == p.Cancel("j1") and cancelled_run == run
+
+
+async def test_a_worker_restarted_under_its_name_fails_what_the_old_process_started(
+        backend, redis) -> None:
+    a = HandWorker(redis, "a", ttl=5.0)   # restarted well before its heartbeat lapses
+    a.start_beating()
+    await backend.start()
+    stream = backend.submit(submit("j1"))
+    _, job, run = await a.claim_one()
+    await a.publish("j1", run, p.Started("j1"))
+    await until(lambda: _is(backend._jobs["j1"].started))
+    a.instance = "a-2"
+    await a.beat()
+    events = await events_of(stream)
+    assert events[-1] == p.Failed("j1", ENGINE_CRASHED, p.FAIL_CRASH)
+    assert {w.name: w.state for w in backend.workers}["a"] is WorkerState.LIVE
+    a.stop_beating()
 
 
 async def test_a_job_claimed_and_never_started_is_dispatched_again(backend, redis) -> None:

@@ -56,8 +56,9 @@ def test_a_bad_worker_name_is_refused(name: str) -> None:
 
 
 def test_an_entry_round_trips_its_message_and_text_fields() -> None:
-    entry = read_entry(as_redis(entry_fields(SUBMIT, run="ab12", worker="w1")), JOB_TYPES)
-    assert entry.message == SUBMIT and entry.run == "ab12" and entry.worker == "w1"
+    entry = read_entry(as_redis(entry_fields(SUBMIT, run="ab12", worker="w1", instance="i9")),
+                       JOB_TYPES)
+    assert (entry.message, entry.run, entry.worker, entry.instance) == (SUBMIT, "ab12", "w1", "i9")
 
 
 def test_stream_entries_flattens_an_xread_reply() -> None:
@@ -80,6 +81,7 @@ def frame_bytes(message: p.Message) -> bytes:
     ({"frame": p.encode_frame({"type": "submit", "job": "k3q7", "prompts": "nope"})}, "prompts"),
     ({"frame": frame_bytes(SUBMIT), "run": b"has space"}, "run"),
     ({"frame": frame_bytes(SUBMIT), "worker": b"w:1"}, "worker"),
+    ({"frame": frame_bytes(SUBMIT), "instance": b"a b"}, "instance"),
 ])
 def test_a_malformed_entry_is_a_protocol_error_naming_the_problem(
         fields: dict[str, bytes], words: str) -> None:
