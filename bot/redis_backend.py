@@ -59,7 +59,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from bot import render
 from bot.engine_client import EngineClosedError, EngineStartError
 from bot.engine_status import EngineState, EngineStatus
-from bot.worker_status import WorkerState, WorkerStatus
+from bot.redis_workers import Verdict, WorkerBook
+from bot.worker_status import WorkerStatus
 from engine import protocol as p
 from engine.redis_layout import (
     EVENT_TYPES,
@@ -70,7 +71,6 @@ from engine.redis_layout import (
     RECLAIMER,
     RUN,
     Expectation,
-    Heartbeat,
     RedisLayout,
     as_text,
     entry_fields,
@@ -79,7 +79,6 @@ from engine.redis_layout import (
     new_run,
     range_entries,
     read_entry,
-    read_heartbeat,
     stream_entries,
 )
 from engine.redis_url import RedisTarget, open_client
@@ -117,22 +116,6 @@ class _Job:
     @property
     def id(self) -> str:
         return self.submit.job
-
-
-@dataclass(eq=False)
-class _Worker:
-    """What the bot knows of one worker name."""
-
-    name: str
-    beat: Heartbeat | None = None
-    state: WorkerState = WorkerState.LIVE
-    note: str | None = None
-    last_seen: float = 0.0
-    #: The process (heartbeat `instance`) that stopped answering pings: it stays dead until
-    #: it answers one, while a new process under the same name is welcome at once.
-    deaf_instance: str | None = None
-    #: The instance whose refusal or death was logged, so that each is logged once.
-    logged: str | None = None
 
 
 class RemoteJobStream:
@@ -206,11 +189,10 @@ class RedisBackend:
         self._since = clock()
         self._serial = 0
         self._changed = asyncio.Event()
-        self._last_ready: p.Ready | None = None
         self._jobs: dict[str, _Job] = {}   # insertion order = submission order
         self._by_entry: dict[str, _Job] = {}
         self._by_events: dict[str, _Job] = {}
-        self._workers: dict[str, _Worker] = {}
+        self._book = WorkerBook(self.expect, clock)
         self._pongs: dict[int, tuple[str, asyncio.Future[None]]] = {}
         self._nonces = itertools.count(random.randrange(1, 2**40))
         self._inbox_last = "0-0"
@@ -232,21 +214,11 @@ class RedisBackend:
     @property
     def workers(self) -> tuple[WorkerStatus, ...]:
         """Every worker the bot has seen, by name: for `/status`."""
-        out = []
-        for worker in sorted(self._workers.values(), key=lambda w: w.name):
-            beat = worker.beat
-            ready = beat.ready if beat is not None else p.Ready(0, "", "", "")
-            out.append(WorkerStatus(
-                name=worker.name, state=worker.state, device=ready.device, vqgan=ready.vqgan,
-                clip=ready.clip, version=ready.version, capacity=ready.capacity,
-                busy=beat.busy if beat is not None else 0,
-                jobs_done=beat.done if beat is not None else 0,
-                last_seen=worker.last_seen, note=worker.note))
-        return tuple(out)
+        return self._book.statuses()
 
     def free_capacity(self) -> int:
         """Jobs the live workers could start now beyond the ones already sent to them."""
-        capacity = sum(beat.ready.capacity for _, beat in self._live())
+        capacity = self._book.capacity()
         in_flight = sum(1 for job in self._jobs.values() if job.run is not None and not job.finished)
         return max(0, capacity - in_flight)
 
@@ -254,12 +226,12 @@ class RedisBackend:
     def ready_info(self) -> p.Ready | None:
         """All live workers as one engine (their devices, the models, their summed
         capacity); None while none is live or Redis is unreachable."""
-        live = self._live()
+        live = self._book.live()
         if not live or not self._connected:
             return None
         first = live[0][1].ready
-        capacity = min(p.MAX_CAPACITY, sum(beat.ready.capacity for _, beat in live))
-        device = ", ".join(f"{worker.name}: {beat.ready.device}" for worker, beat in live)
+        capacity = min(p.MAX_CAPACITY, self._book.capacity())
+        device = ", ".join(f"{name}: {beat.ready.device}" for name, beat in live)
         return p.Ready(p.PROTOCOL_VERSION, device, first.vqgan, first.clip, 0, capacity)
 
     @property
@@ -271,7 +243,7 @@ class RedisBackend:
         """As EngineClient's; `restarts` counts the workers declared dead."""
         return EngineStatus(
             state=self._state, since=self._since, serial=self._serial, ready=self.ready_info,
-            last_ready=self._last_ready, last_error=self.last_error,
+            last_ready=self._book.last_ready, last_error=self.last_error,
             last_error_at=self.last_error_at, restarts=self.workers_lost)
 
     async def wait_status_change(self, after: int) -> EngineStatus:
@@ -352,11 +324,11 @@ class RedisBackend:
     async def ping(self, timeout: float | None = None) -> float:
         """The slowest round trip, in seconds, of the live workers (through each worker's
         engine, which answers). RuntimeError if none is live, TimeoutError if none answered."""
-        live = self._live()
+        live = self._book.live()
         if not live:
             raise RuntimeError("no remote worker is up")
-        results = await asyncio.gather(*(self._ping_worker(w.name, timeout or self.ping_timeout)
-                                         for w, _ in live), return_exceptions=True)
+        results = await asyncio.gather(*(self._ping_worker(name, timeout or self.ping_timeout)
+                                         for name, _ in live), return_exceptions=True)
         times = [r for r in results if isinstance(r, float)]
         if not times:
             raise TimeoutError("no remote worker answered the ping")
@@ -502,7 +474,7 @@ class RedisBackend:
         names_raw, expect_exists, length = await pipe.execute()
         if not expect_exists:
             await self._redis_lost_data()
-        names = {as_text(n) for n in names_raw} | set(self._workers)
+        names = {as_text(n) for n in names_raw} | self._book.names()
         await self._read_heartbeats(sorted(names))
         await self._reclaim_idle()
         if length > len(self._by_entry):
@@ -535,106 +507,63 @@ class RedisBackend:
         for name in names:
             pipe.hgetall(self.layout.heartbeat(name))
         replies = await pipe.execute()
+        connected_for = time.monotonic() - self._connected_at
         for name, fields in zip(names, replies):
-            await self._heartbeat(name, fields)
+            await self._act(self._book.seen(name, fields, connected_for=connected_for))
+        for name in self._book.gone():
+            await self.client.srem(self.layout.workers, name)
 
-    async def _heartbeat(self, name: str, fields: dict[bytes, bytes]) -> None:
-        worker = self._workers.get(name)
-        if not fields:
-            if worker is None:
-                return
-            grace = worker.beat.ttl if worker.beat is not None else 0.0
-            if (worker.state in (WorkerState.LIVE, WorkerState.DRAINING)
-                    and time.monotonic() - self._connected_at >= grace):
-                await self._worker_died(worker, f"its heartbeat expired (none for {grace:g} s)")
-            if worker.state is not WorkerState.LIVE and worker.state is not WorkerState.DRAINING:
-                with contextlib.suppress(*UNREACHABLE, RedisError):
-                    await self.client.srem(self.layout.workers, name)
+    async def _act(self, verdict: Verdict | None) -> None:
+        if verdict is None:
             return
-        if worker is None:
-            worker = self._workers[name] = _Worker(name)
-        worker.last_seen = self.clock()
-        try:
-            beat = read_heartbeat(fields)
-        except p.ProtocolError as error:
-            instance = as_text(fields.get(b"instance", b""))
-            self._refuse(worker, instance, f"its heartbeat cannot be read: {error}")
-            return
-        previous = worker.beat
-        worker.beat = beat
-        if (previous is not None and previous.instance != beat.instance
-                and worker.state in (WorkerState.LIVE, WorkerState.DRAINING)):
-            await self._instance_ended(worker, previous.instance)
-        refusal = self.expect.refusal(beat.ready)
-        if refusal is not None:
-            self._refuse(worker, beat.instance, refusal)
-            return
-        if worker.deaf_instance is not None and worker.deaf_instance == beat.instance:
-            return  # stays dead until it answers a ping (see _ping_loop)
-        state = WorkerState.DRAINING if beat.draining else WorkerState.LIVE
-        if worker.state is not state:
-            if state is WorkerState.LIVE:
-                log.info("remote workers: %s is live: %s, vqgan %s, clip %s, %d at once",
-                         name, beat.ready.device, beat.ready.vqgan, beat.ready.clip,
-                         beat.ready.capacity)
-            else:
-                log.info("remote workers: %s is draining (finishing its jobs, taking none)",
-                         name)
-        worker.state, worker.note, worker.deaf_instance = state, None, None
-        self._last_ready = beat.ready
+        if verdict.kind == "died":
+            await self._worker_died(verdict.name, verdict.why)
+        else:
+            await self._instance_ended(verdict.name, verdict.instance)
+        self._update_state()
 
-    def _refuse(self, worker: _Worker, instance: str, why: str) -> None:
-        if worker.logged != instance or worker.state is not WorkerState.REFUSED:
-            log.error("remote workers: refusing worker %s: %s", worker.name, why)
-            worker.logged = instance
-        worker.state, worker.note = WorkerState.REFUSED, why
-
-    async def _worker_died(self, worker: _Worker, why: str) -> None:
+    async def _worker_died(self, name: str, why: str) -> None:
         """Fail the jobs it had started, take back the ones it held unstarted."""
-        if worker.state is WorkerState.DEAD:
-            return
-        worker.state, worker.note = WorkerState.DEAD, why
         self.workers_lost += 1
         started = [job for job in self._jobs.values()
-                   if job.worker == worker.name and job.started and not job.finished]
+                   if job.worker == name and job.started and not job.finished]
         log.error("remote workers: %s is dead: %s; %d started job(s) fail as an engine crash",
-                  worker.name, why, len(started))
-        self._record_error(f"worker {worker.name} died: {why}")
+                  name, why, len(started))
+        self._record_error(f"worker {name} died: {why}")
         for job in started:
             entry, run = job.entry, job.run
             self._crashed(job)
             with contextlib.suppress(*UNREACHABLE, RedisError):
                 await self._drop_entry(entry)
                 if run is not None:
-                    await self._control(worker.name, p.Cancel(job.id), run)
+                    await self._control(name, p.Cancel(job.id), run)
         # Its claimed entries, started or not, whoever's they are.
         with contextlib.suppress(ResponseError):
             pending = await self.client.xpending_range(
-                self.layout.jobs, GROUP, "-", "+", 1000, consumername=worker.name)
+                self.layout.jobs, GROUP, "-", "+", 1000, consumername=name)
             ids = [as_text(row["message_id"]) for row in pending]
             if ids:
                 claimed = await self.client.xclaim(self.layout.jobs, GROUP, RECLAIMER, 0,
                                                    list[Any](ids), justid=True)
                 for entry_id in ids_of(claimed):
-                    await self._reclaimed(entry_id, worker.name)
-        self._update_state()
+                    await self._reclaimed(entry_id, name)
 
-    async def _instance_ended(self, worker: _Worker, instance: str) -> None:
+    async def _instance_ended(self, name: str, instance: str) -> None:
         """The worker restarted under its name before the bot saw its heartbeat lapse: the
         jobs the old process started died with it. (Its unstarted claims are left idle by
         the new process, and XAUTOCLAIM takes them back.)"""
-        started = [job for job in self._jobs.values() if job.worker == worker.name
+        started = [job for job in self._jobs.values() if job.worker == name
                    and job.instance == instance and job.started and not job.finished]
         self.workers_lost += 1
         log.error("remote workers: %s restarted; %d job(s) it had started fail as an engine "
-                  "crash", worker.name, len(started))
+                  "crash", name, len(started))
         for job in started:
             entry, run = job.entry, job.run
             self._crashed(job)
             with contextlib.suppress(*UNREACHABLE, RedisError):
                 await self._drop_entry(entry)
                 if run is not None:
-                    await self._control(worker.name, p.Cancel(job.id), run)
+                    await self._control(name, p.Cancel(job.id), run)
 
     async def _reclaim_idle(self) -> None:
         """XAUTOCLAIM: entries nobody kept claimed for `claim_timeout` (workers re-claim
@@ -855,30 +784,17 @@ class RedisBackend:
             await asyncio.sleep(self.ping_interval)
             if not self._connected:
                 continue
-            targets = [w for w in self._workers.values()
-                       if w.beat is not None and (w.state in (WorkerState.LIVE, WorkerState.DRAINING)
-                                                  or w.deaf_instance == w.beat.instance)]
+            targets = self._book.ping_targets()
             results = await asyncio.gather(
-                *(self._ping_worker(w.name, self.ping_timeout) for w in targets),
+                *(self._ping_worker(name, self.ping_timeout) for name in targets),
                 return_exceptions=True)
-            for worker, result in zip(targets, results):
-                await self._pinged(worker, result)
-
-    async def _pinged(self, worker: _Worker, result: object) -> None:
-        if isinstance(result, float):
-            if worker.deaf_instance is not None:
-                log.warning("remote workers: %s answers pings again", worker.name)
-                worker.deaf_instance = None
-                worker.state, worker.note = WorkerState.LIVE, None
-                self._update_state()
-            return
-        if isinstance(result, TimeoutError) and worker.deaf_instance is None and worker.beat:
-            if worker.state in (WorkerState.LIVE, WorkerState.DRAINING):
-                worker.deaf_instance = worker.beat.instance
-                await self._worker_died(
-                    worker, f"it did not answer a ping in {self.ping_timeout:g} s")
-        elif isinstance(result, UNREACHABLE):
-            self._lost(result)
+            for name, result in zip(targets, results):
+                if isinstance(result, float | TimeoutError):
+                    await self._act(self._book.pinged(name, isinstance(result, float),
+                                                      self.ping_timeout))
+                    self._update_state()
+                elif isinstance(result, UNREACHABLE):
+                    self._lost(result)
 
     # ---- writing -----------------------------------------------------------------------
 
@@ -905,9 +821,8 @@ class RedisBackend:
     async def _broadcast_cancel(self, job_id: str, run: str) -> None:
         """Cancel a run on every worker that may have claimed it (who did is not known
         until it starts); a worker that has not seen it yet drops it when it does."""
-        for worker in self._workers.values():
-            if worker.state is not WorkerState.REFUSED:
-                await self._control(worker.name, p.Cancel(job_id), run)
+        for name in self._book.usable():
+            await self._control(name, p.Cancel(job_id), run)
 
     async def _drop_entry(self, entry_id: str | None) -> None:
         if entry_id is None:
@@ -954,10 +869,6 @@ class RedisBackend:
 
     # ---- state -------------------------------------------------------------------------
 
-    def _live(self) -> list[tuple[_Worker, Heartbeat]]:
-        return [(w, w.beat) for w in self._workers.values()
-                if w.state is WorkerState.LIVE and w.beat is not None]
-
     def _update_state(self) -> None:
         if self._closing or self._state is EngineState.NOT_STARTED:
             return
@@ -971,8 +882,7 @@ class RedisBackend:
     def _why_not_ready(self) -> str:
         if not self._connected:
             return self.last_error or f"Redis at {self.shown_target} is not reachable yet"
-        refused = [f"{w.name} ({w.note})" for w in self._workers.values()
-                   if w.state is WorkerState.REFUSED]
+        refused = self._book.refused()
         text = f"no remote worker is live on Redis at {self.shown_target}"
         if refused:
             text += "; refused: " + "; ".join(refused)
