@@ -72,7 +72,10 @@ class WorkerThread:
                 message = None
             except (OSError, ValueError):
                 message = None
-            self._loop.call_soon_threadsafe(self.messages.put_nowait, message)
+            try:
+                self._loop.call_soon_threadsafe(self.messages.put_nowait, message)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                return
             if message is None:
                 return
 
