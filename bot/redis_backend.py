@@ -87,8 +87,11 @@ log = logging.getLogger(__name__)
 
 #: Errors that mean "Redis is not there right now": back off, reconnect, keep the jobs.
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
-#: Entries kept in a worker's control stream.
+#: Entries kept in a worker's control stream, and in the bot's inbox.
 CONTROL_MAXLEN = 100
+INBOX_MAXLEN = 1000
+#: The nonce of the pong the bot adds to its own inbox to wake its reader (never pinged).
+WAKE_NONCE = 0
 
 _END = object()  # queued after a job's final event: its stream stops there
 
@@ -194,7 +197,7 @@ class RedisBackend:
         self._by_events: dict[str, _Job] = {}
         self._book = WorkerBook(self.expect, clock)
         self._pongs: dict[int, tuple[str, asyncio.Future[None]]] = {}
-        self._nonces = itertools.count(random.randrange(1, 2**40))
+        self._nonces = itertools.count(random.randrange(1, 2**40))  # never WAKE_NONCE
         self._inbox_last = "0-0"
         self._connected = False
         self._ever_connected = False
@@ -644,11 +647,23 @@ class RedisBackend:
     # ---- dispatch ----------------------------------------------------------------------
 
     async def _dispatch(self) -> None:
-        """Hand waiting jobs to Redis, oldest first, while the live workers have room."""
+        """Hand waiting jobs to Redis, oldest first, while the live workers have room; then
+        wake the reader, whose blocking read does not follow the new jobs' streams yet."""
+        sent = 0
+        try:
+            sent = await self._dispatch_some()
+        finally:
+            if sent:
+                await self.client.xadd(self.layout.inbox,
+                                       dict[Any, Any](entry_fields(p.Pong(WAKE_NONCE))),
+                                       maxlen=INBOX_MAXLEN, approximate=True)
+
+    async def _dispatch_some(self) -> int:
         free = self.free_capacity()
+        sent = 0
         for job in list(self._jobs.values()):
             if free <= 0:
-                return
+                return sent
             if job.finished or job.run is not None:
                 continue
             if job.cancel_requested:
@@ -661,7 +676,9 @@ class RedisBackend:
             self._by_entry[job.entry] = job
             self._by_events[job.events_key] = job
             free -= 1
+            sent += 1
             log.debug("remote workers: job %s dispatched (%s)", job.id, job.entry)
+        return sent
 
     def _redispatch(self, job: _Job, why: str) -> None:
         """Back to waiting here: it goes out again, first, when a worker has room."""

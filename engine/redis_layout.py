@@ -18,7 +18,7 @@ Keys, all under one prefix (default `vqgan-clip:`, so that one Redis ACL rule co
 | `P worker:<name>` | hash, TTL | the worker's heartbeat: `ready` (its Ready frame), `busy`, `done`, `ttl`, `instance`, `draining` |
 | `P workers` | set | the names of workers that have registered (a name whose heartbeat is gone is dead) |
 | `P worker:<name>:control` | stream | to the worker: `frame` (Cancel, Ping, Shutdown), `run` for a cancel |
-| `P bot:inbox` | stream | to the bot: `frame` (Pong), `worker` |
+| `P bot:inbox` | stream | to the bot: `frame` (Pong), `worker`; the bot's own Pong 0 wakes its reader after a dispatch |
 | `P bot:expect` | hash | what the bot accepts: `version`, `vqgan`, `clip` (empty = any) |
 
 A job's events go to a stream named after the dispatch (`run`), not only the job: a job

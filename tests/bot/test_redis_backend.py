@@ -486,3 +486,25 @@ async def test_ping_measures_every_live_worker(backend, redis) -> None:
         a.stop_beating()
         with contextlib.suppress(asyncio.CancelledError):
             await answering
+
+
+async def test_a_new_jobs_events_are_read_without_waiting_out_the_readers_block(
+        server, redis) -> None:
+    # The reader blocks 4 s on the streams it knew; a dispatch must wake it (the events
+    # then come in well under the block: this is not a speed test, the margin is wide).
+    backend = RedisBackend(client=fakeredis.FakeAsyncRedis(server=server), check_interval=0.05,
+                           read_block=4.0)
+    a = HandWorker(redis, "a")
+    a.start_beating()
+    try:
+        await backend.start()
+        await asyncio.sleep(0.2)  # the reader is in its long block
+        stream = backend.submit(submit("j1"))
+        _, _, run = await a.claim_one()
+        await a.publish("j1", run, p.Started("j1"))
+        await a.publish("j1", run, p.Done("j1", b"png", 1, 0.1, 4, 64, 64))
+        async with asyncio.timeout(2.0):
+            assert [e.TYPE async for e in stream] == ["started", "done"]
+    finally:
+        a.stop_beating()
+        await backend.close()
