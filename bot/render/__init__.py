@@ -7,6 +7,18 @@ nowhere else. Pure functions from plain data to text and `discord.Embed`s, so te
 the wording without a running bot. User text shown back (prompts, phrases, file names)
 goes through `user_text` or `quoted`: Markdown escaped, mentions defused.
 
+What counts: everything Discord shows of the bot's own making, in messages, answers,
+embeds, refusals (`UserError`s), buttons, modals, the failure text a job keeps
+(`Job.error`), and the sandbox page's topic and welcome.
+`tests/test_user_text_in_render.py` reads `bot/` and `cogs/` and fails on a literal text in
+any of those places outside this package. One exemption: the *command metadata*
+registered with Discord (command and group names and descriptions,
+`app_commands.describe`, option choices, the "Edit image" menu's name) stays in the
+decorators and cogs that define the commands, since Discord holds it as the command's
+definition (`tests/test_command_docs.py` reads it there). Not users' texts at all, so not
+here: log messages, the operator's terminal (the CLI's output, configuration errors), and
+exceptions that are not `UserError`s (users read `apology` for those).
+
 One module per feature, re-exported here, in this order:
 - `text`: the pieces every text is made of (user text made safe, times, links, colours);
 - `job_messages`: a job's message in the channel, and the answer that it was queued;
