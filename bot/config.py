@@ -7,7 +7,8 @@ collected, and `ConfigError` carries them all.
 
 Why it is careful with the token: the token is the bot's password. It is never echoed in
 an error, never in `repr`/`str` of `Settings`, and the loader never writes it into
-`os.environ` (python-dotenv's `dotenv_values` only reads).
+`os.environ` (python-dotenv's `dotenv_values` only reads). The same goes for the password
+in REDIS_URL (`engine.redis_url`: kept in a `RedisTarget`, shown as ***).
 
 Precedence: a variable set (non-empty) in the process environment wins over `.env`, which
 wins over the defaults below. An empty value counts as unset, because container tools and
@@ -27,6 +28,8 @@ from typing import Literal
 from dotenv import dotenv_values
 
 from engine.limits import AUTO_BATCH_CPU, AUTO_BATCH_CUDA, DEFAULT_MAX_IMAGE_BYTES, MAX_BATCH
+from engine.redis_layout import DEFAULT_PREFIX, LayoutError, check_prefix
+from engine.redis_url import RedisTarget, RedisUrlError, hide_secret, parse_redis_url, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ TOKEN_HELP = (
 #: The placeholder value in config.example.env; a token equal to it was never filled in.
 TOKEN_PLACEHOLDER = "paste-your-bot-token-here"
 
+EngineBackend = Literal["local", "redis"]
+ENGINE_BACKENDS: tuple[EngineBackend, ...] = ("local", "redis")
 Device = Literal["auto", "cuda", "cpu"]
 _DEVICE_NAMES: dict[str, Device] = {"auto": "auto", "cuda": "cuda", "cpu": "cpu"}
 DEVICES = tuple(_DEVICE_NAMES)
@@ -83,6 +88,9 @@ DEFAULTS: dict[str, str] = {
     "ENGINE_COMPILE": "auto",
     "LOG_LEVEL": "INFO",
     "AUTO_DOWNLOAD": "true",
+    "ENGINE_BACKEND": "local",
+    "REDIS_URL": "",
+    "REDIS_PREFIX": DEFAULT_PREFIX,
 }
 SETTING_NAMES: tuple[str, ...] = tuple(DEFAULTS)
 
@@ -130,6 +138,11 @@ class Settings:
     engine_compile: CompileMode = "auto"
     log_level: str = "INFO"
     auto_download: bool = True
+    #: Where jobs run: `local`, the engine child process; `redis`, remote workers.
+    engine_backend: EngineBackend = "local"
+    #: The remote workers' Redis (its repr hides the password); None unless set.
+    redis_url: RedisTarget | None = None
+    redis_prefix: str = DEFAULT_PREFIX
 
     def __repr__(self) -> str:
         # The token is the bot's password: show that it is set, never what it is.
@@ -233,6 +246,9 @@ def load_settings(
     engine_compile = parser.compile_mode("ENGINE_COMPILE")
     log_level = parser.choice("LOG_LEVEL", LOG_LEVELS, lower=False)
     auto_download = parser.boolean("AUTO_DOWNLOAD")
+    engine_backend = parser.engine_backend("ENGINE_BACKEND")
+    redis_url = parser.redis_url("REDIS_URL", needed=engine_backend == "redis")
+    redis_prefix = parser.redis_prefix("REDIS_PREFIX")
     vqgan_config, vqgan_checkpoint = parser.vqgan_files()
     parser.clip_path(clip_model, model_dir)
     parser.not_above("DEFAULT_ITERATIONS", default_iterations, "MAX_ITERATIONS", max_iterations)
@@ -247,11 +263,14 @@ def load_settings(
         progress_interval=progress_interval, default_daily_quota=default_daily_quota,
         max_queued_per_user=max_queued_per_user, max_image_mb=max_image_mb,
         engine_batch=engine_batch, engine_compile=engine_compile,
-        log_level=log_level, auto_download=auto_download,
+        log_level=log_level, auto_download=auto_download, engine_backend=engine_backend,
+        redis_url=redis_url, redis_prefix=redis_prefix,
     )
 
     if problems:
-        raise ConfigError(_redact(problems, token))
+        redis_password = redis_url.password if redis_url is not None else None
+        raise ConfigError([hide_secret(redact_url(problem), redis_password)
+                           for problem in _redact(problems, token)])
     return settings
 
 
@@ -420,6 +439,36 @@ class _Parser:
             )
             return "auto"
         return mode
+    def engine_backend(self, name: str) -> EngineBackend:
+        value = self.choice(name, ENGINE_BACKENDS, lower=True)
+        if value == "redis":
+            # The remote workers exist (`vqgan-clip worker --redis`, bot/redis_backend.py)
+            # but the job runner is not wired to them yet: say so rather than ignore it.
+            self._fail(name, "redis is not available yet: the bot's job runner does not use "
+                             "remote workers so far (docs/remote-workers.md); set "
+                             f"{name}=local")
+        return "redis" if value == "redis" else "local"
+
+    def redis_url(self, name: str, *, needed: bool) -> RedisTarget | None:
+        value, given = self._raw(name)
+        if not given:
+            if needed:
+                self._fail(name, "not set, and ENGINE_BACKEND=redis needs it: set "
+                                 f"{name}=redis://USER:PASSWORD@HOST:6379/0")
+            return None
+        try:
+            return parse_redis_url(value)
+        except RedisUrlError as error:  # its message never holds the password
+            self._fail(name, str(error))
+            return None
+
+    def redis_prefix(self, name: str) -> str:
+        value = self._value(name)
+        try:
+            return check_prefix(value)
+        except LayoutError as error:
+            self._fail(name, str(error))
+            return DEFAULTS[name]
 
     def device(self, name: str) -> Device:
         return _DEVICE_NAMES[self.choice(name, DEVICES, lower=True)]
@@ -540,7 +589,8 @@ def _nearest_side(side: int) -> int:
 
 
 def format_settings(settings: Settings) -> str:
-    """One `NAME=value` line per setting, token masked: what `--check-config` prints."""
+    """One `NAME=value` line per setting, token and Redis password masked: what
+    `--check-config` prints."""
     lines = []
     for name in SETTING_NAMES:
         attr = name.lower()
@@ -549,6 +599,8 @@ def format_settings(settings: Settings) -> str:
             shown = "<hidden>"
         elif value is None and name == "ENGINE_BATCH":
             shown = "auto"
+        elif isinstance(value, RedisTarget):
+            shown = value.shown()  # the password as ***
         elif value is None:
             shown = ""
         elif isinstance(value, tuple):

@@ -405,3 +405,48 @@ def test_example_file_as_shipped_is_rejected_for_its_placeholder_token() -> None
     with pytest.raises(ConfigError) as caught:
         load_settings(EXAMPLE_FILE, {})
     assert [p.split(":")[0] for p in caught.value.problems] == ["DISCORD_TOKEN"]
+
+
+# --- remote workers: ENGINE_BACKEND, REDIS_URL, REDIS_PREFIX ---------------------------
+
+REDIS_PASSWORD = "redis-pw-never-shown-42"
+
+
+def test_redis_url_is_parsed_and_its_password_never_shown() -> None:
+    settings = load_settings(None, {"DISCORD_TOKEN": FAKE_TOKEN,
+                                    "REDIS_URL": f"redis://bot:{REDIS_PASSWORD}@cache:6380/1",
+                                    "REDIS_PREFIX": "vqc-prod:"})
+    assert settings.redis_url is not None and settings.redis_url.password == REDIS_PASSWORD
+    assert (settings.redis_url.host, settings.redis_url.port, settings.redis_prefix) == (
+        "cache", 6380, "vqc-prod:")
+    for text in (repr(settings), str(settings), format_settings(settings)):
+        assert REDIS_PASSWORD not in text
+    assert "REDIS_URL=redis://bot:***@cache:6380/1" in format_settings(settings)
+    assert settings.engine_backend == "local"
+
+
+def test_a_bad_redis_url_is_a_clear_problem_without_the_password() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, {"DISCORD_TOKEN": FAKE_TOKEN,
+                             "REDIS_URL": f"http://bot:{REDIS_PASSWORD}@cache/1"})
+    problem, = caught.value.problems
+    assert problem.startswith("REDIS_URL: ") and "redis:// or rediss://" in problem
+    assert REDIS_PASSWORD not in str(caught.value)
+
+
+def test_engine_backend_redis_is_refused_until_the_runner_uses_it() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, {"DISCORD_TOKEN": FAKE_TOKEN, "ENGINE_BACKEND": "redis"})
+    names = [problem.split(":")[0] for problem in caught.value.problems]
+    assert names == ["ENGINE_BACKEND", "REDIS_URL"]
+    assert "not available yet" in caught.value.problems[0]
+    assert "ENGINE_BACKEND=redis needs it" in caught.value.problems[1]
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("ENGINE_BACKEND", "cloud", "not one of local, redis"),
+    ("REDIS_PREFIX", "bad prefix*", "not a usable key prefix"),
+])
+def test_remote_worker_settings_are_checked(name: str, value: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        load_settings(None, {"DISCORD_TOKEN": FAKE_TOKEN, name: value})
