@@ -327,8 +327,11 @@ def _edit_rate(state: SoakState) -> Row:
     bad = [f"channel {channel}: {n} edits in one minute" for channel, n in sorted(worst.items())
            if n > EDITS_PER_CHANNEL_MINUTE]
     most = max(worst.values(), default=0)
+    times = [t for ts in per_channel.values() for t in ts]
+    span = max(times) - min(times) if times else 0.0
     return Row(f"edits per channel per minute <= {EDITS_PER_CHANNEL_MINUTE}", not bad,
-               _with(f"most {most} (of {sum(len(t) for t in per_channel.values())} edits)", bad))
+               _with(f"most {most} (of {sum(len(t) for t in per_channel.values())} edits "
+                     f"over {span:.0f} s{': less than a minute' if span < 60 else ''})", bad))
 
 
 def _queue_pace(state: SoakState) -> Row:
