@@ -13,6 +13,12 @@ image takes on a GPU. Edits to messages older than an hour have a further limit 
 own (error 30046); such an edit that Discord refuses is logged and tried again at the
 next move of the queue.
 
+The limit holds across a restart too: a restarted bot does not know what the bot before it
+edited in its last seconds, so the queue notes of a bot that ran before (`QueueNotes.restore`
+finds jobs in the store) `hold()` their pace: every channel counts as full for one window
+and the first queue edit waits it out (the soak, bench/soak.py, saw 4 queue edits in 5 s
+where a restart fell between two pairs). A first start holds nothing.
+
 A sliding window, not a token bucket: "no more than N in any W seconds" is the rule that
 is written in the docs and checked by the tests, word for word.
 """
@@ -40,13 +46,22 @@ class EditPacer:
         self.limit = limit
         self.window = window
         self._sent: dict[Hashable, deque[float]] = {}
+        #: Until then every channel counts as full (`hold`).
+        self._held_until = float("-inf")
+
+    def hold(self) -> None:
+        """Count every channel as full for one window from now: edits made just before,
+        by a bot this one replaces, are unknown (see the module docstring)."""
+        self._held_until = time.monotonic() + self.window
 
     def delay(self, key: Hashable) -> float:
         """Seconds until an edit for `key` keeps within the limit; 0 = now."""
+        now = time.monotonic()
+        if now < self._held_until:
+            return self._held_until - now
         sent = self._sent.get(key)
         if sent is None:
             return 0.0
-        now = time.monotonic()
         self._forget_before(sent, now - self.window)
         if not sent:
             del self._sent[key]  # channels come and go: keep only the busy ones

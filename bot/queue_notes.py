@@ -98,7 +98,11 @@ class QueueNotes:
     # ------------------------------------------------------------------ lifecycle
 
     async def restore(self, waiting: list[Job]) -> None:
-        """Learn what the messages of jobs that were waiting before a restart show."""
+        """Learn what the messages of jobs that were waiting before a restart show. A bot
+        ran before this one (there are jobs): it may have edited up to the pace just now,
+        so the pace waits one window first (`EditPacer.hold`)."""
+        if await self.services.store.jobs_with_status(limit=1):
+            self.pacer.hold()
         notes = await self.services.store.queue_notes([job.id for job in waiting])
         for job_id, note in notes.items():
             self.services.messages.remember(job_id, note)

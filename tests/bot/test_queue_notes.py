@@ -124,6 +124,22 @@ def test_the_pace_allows_so_many_edits_per_window_and_channel(monkeypatch: Any) 
     assert pacer.delay(1) == 0.0
 
 
+def test_a_held_pace_counts_every_channel_full_for_one_window(monkeypatch: Any) -> None:
+    now = [100.0]
+    monkeypatch.setattr("time.monotonic", lambda: now[0])
+    pacer = EditPacer(limit=2, window=5.0)
+    assert pacer.delay(1) == 0.0  # a first start holds nothing
+    pacer.hold()
+    assert pacer.delay(1) == 5.0 and pacer.delay(2) == 5.0
+    now[0] += 3.0
+    assert pacer.delay(1) == 2.0
+    now[0] += 2.0
+    assert pacer.delay(1) == 0.0
+    pacer.record(1)
+    pacer.record(1)
+    assert pacer.delay(1) == 5.0 and pacer.delay(2) == 0.0
+
+
 def test_a_ready_time_that_moved_less_than_a_minute_reads_the_same() -> None:
     shown = QueueNote(3, 10_000)
     assert reads_the_same(shown, QueueNote(3, 10_000 + int(ETA_STEP) - 1))
@@ -296,6 +312,31 @@ async def test_after_a_restart_the_messages_show_their_new_places_never_two_at_o
 
 
 # --- the pace --------------------------------------------------------------------------------
+
+
+def queue_edits(world: World, since: int = 0) -> list[Any]:
+    return [r for r in world.env.http_requests[since:]
+            if r.method == "PATCH" and "Waiting in the queue" in str(r.json)]
+
+
+async def test_after_a_restart_the_first_queue_edit_waits_one_window() -> None:
+    """The pace holds across a restart (bench/soak.py found 4 queue edits in 5 s where a
+    restart fell between two pairs): the new bot does not know the old one's last edits,
+    so it waits one window before its first."""
+    async with running_world(FakeEngine(blocked=True)) as world:
+        await a_line(world)
+        # The engine loads for a while: "running" waits at the front, the others move back.
+        engine = SlowStartEngine()
+        sent = len(world.env.http_requests)
+        await world.restart(engine)
+        await world.env.advance_time(QUEUE_EDIT_WINDOW - 0.5)
+        assert queue_edits(world, sent) == []
+        await world.catch_up()
+        assert queue_edits(world, sent)  # the places moved: they are shown, after the hold
+        assert_no_place_shown_twice(world)
+        await assert_every_waiting_message_is_true(world)
+        engine.loading.set()
+
 
 
 async def test_a_queue_of_30_from_5_members_is_kept_true_within_the_documented_pace() -> None:

@@ -1,0 +1,126 @@
+"""The soak (bench/soak.py, issue 15): a short run in CI, and its checker shown able to fail.
+
+`test_200_jobs_with_random_faults_keep_every_promise` drives the real bot through SimCord
+with the engine process on its fake runner: 200 jobs from 50 members in 3 servers, with
+cancels, engine kills, a bot restart and Discord errors drawn from a fixed seed; every
+invariant must hold (run with `-s` to see the table; a failure shows it too). The other
+tests feed `check_invariants` a clean snapshot, then one doctored per invariant, and see
+that invariant, and only it, report the violation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bench.soak import (DEFAULT_SEED, FAULT_KINDS, JobRecord, Request, SoakConfig, SoakState,
+                        check_invariants, plan_faults, run_soak)
+
+WINDOW = 24 * 3600.0
+NOW = 1_800_000_000.0
+G, ALICE, BOB = 1, 10, 20
+
+
+async def test_200_jobs_with_random_faults_keep_every_promise(tmp_path: Path) -> None:
+    report = await run_soak(SoakConfig(jobs=200, seed=DEFAULT_SEED, work_dir=tmp_path / "soak"),
+                            say=lambda line: None)
+    print("\n" + report.table())
+    assert report.held, report.table()
+    # Each kind of fault happened: a soak without them would prove nothing.
+    for kind in FAULT_KINDS:
+        injected = sum(n for name, n in report.faults.items()
+                       if name == kind or (kind == "discord_error" and name.startswith("discord ")))
+        assert injected >= 1, (kind, report.table())
+
+
+def test_the_fault_plan_comes_from_the_seed() -> None:
+    config = SoakConfig(jobs=200, seed=3)
+    assert plan_faults(config) == plan_faults(config)
+    assert plan_faults(config) != plan_faults(dataclasses.replace(config, seed=4))
+    planned = [kind for kinds in plan_faults(config).values() for kind in kinds]
+    assert set(planned) == set(FAULT_KINDS)
+
+
+def job(job_id: str, status: str, user: int = ALICE, *, result: bool | None = None,
+        input_path: str | None = None) -> JobRecord:
+    done = status == "done" if result is None else result
+    return JobRecord(job_id, G, user, status, NOW - 100, NOW - 90, NOW - 80,
+                     f"{job_id}.png" if done else None, input_path, None)
+
+
+def clean() -> SoakState:
+    """Alice: one done job (an edit: its input and result, timelapse frames), one
+    cancelled; Bob: one failed. Everything as it should be."""
+    return SoakState(
+        jobs=[job("aaaa", "done", input_path="inputs/aaaa.png"), job("bbbb", "cancelled"),
+              job("cccc", "failed", BOB)],
+        told_queued={"aaaa", "bbbb", "cccc"},
+        final_transitions={"aaaa": ["done"], "bbbb": ["cancelled"], "cccc": ["failed"]},
+        engine_done={"aaaa": 1},
+        result_messages={"aaaa": 1},
+        usage={(G, ALICE): 1, (G, BOB): 0},
+        now=NOW, window=WINDOW,
+        files=["aaaa.png", "inputs/aaaa.png", "frames/aaaa/1.jpg"],
+        queue_length=0, running=0,
+        # Three edits a second in channel 5: 60 in the last minute, at the limit.
+        requests=[Request(NOW - 60 + i / 3, "PATCH", f"/channels/5/messages/{i}") for i in range(60)]
+        + [Request(NOW + i * 2.5, "PATCH", "/channels/5/messages/1", queue_edit=True) for i in range(4)],
+        rss=[(0, 50 << 20), (100, 60 << 20), (200, 70 << 20)],
+    )
+
+
+def test_a_clean_snapshot_holds_every_invariant() -> None:
+    rows = check_invariants(clean())
+    assert all(row.held for row in rows), [row for row in rows if not row.held]
+    assert len(rows) == 8
+
+
+def doctor(**changes: object) -> Callable[[SoakState], SoakState]:
+    return lambda state: dataclasses.replace(state, **changes)
+
+
+def edited(function: Callable[[SoakState], None]) -> Callable[[SoakState], SoakState]:
+    def apply(state: SoakState) -> SoakState:
+        function(state)
+        return state
+    return apply
+
+
+DOCTORED: dict[str, tuple[str | tuple[str, ...], Callable[[SoakState], SoakState]]] = {
+    "a job left running": (("final state", "left waiting"), edited(lambda s: s.jobs.__setitem__(
+        1, job("bbbb", "running")))),
+    "two final states": ("final state", edited(lambda s: s.final_transitions.__setitem__(
+        "bbbb", ["cancelled", "failed"]))),
+    "a queued job lost": ("final state", edited(lambda s: s.told_queued.add("dddd"))),
+    "a failed job charged": ("usage", edited(lambda s: s.usage.__setitem__((G, BOB), 1))),
+    "a done job not charged": ("usage", edited(lambda s: s.usage.__setitem__((G, ALICE), 0))),
+    "done twice in the store": (("final state", "done twice"), edited(lambda s: s.final_transitions.__setitem__(
+        "aaaa", ["done", "done"]))),
+    "two result messages": ("done twice", edited(lambda s: s.result_messages.__setitem__("aaaa", 2))),
+    "the engine made it twice": ("done twice", edited(lambda s: s.engine_done.__setitem__("aaaa", 2))),
+    "still in the queue": ("done twice", doctor(queue_length=1)),
+    "a result file missing": ("result file", edited(lambda s: s.files.remove("aaaa.png"))),
+    "a file nobody owns": ("result file", edited(lambda s: s.files.append("zzzz.png"))),
+    "frames of a cancelled job": ("result file", edited(lambda s: s.files.append("frames/bbbb/1.jpg"))),
+    "61 edits in a minute": ("edits per channel", edited(lambda s: s.requests.append(
+        Request(NOW - 1, "PATCH", "/channels/5/messages/99")))),
+    "3 queue edits in 5 s": ("queue edits", edited(lambda s: s.requests.append(
+        Request(NOW + 1, "PATCH", "/channels/5/messages/7", queue_edit=True)))),
+    "an unexpected error": ("raised nothing", doctor(unexpected_errors=["RuntimeError('bug')"])),
+    "RSS grew 25%": ("RSS", edited(lambda s: s.rss.append((300, 75 << 20)))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DOCTORED))
+def test_each_invariant_reports_its_violation(case: str) -> None:
+    failing, change = DOCTORED[case]
+    names = (failing,) if isinstance(failing, str) else failing
+    rows = check_invariants(change(clean()))
+    broken = [row for row in rows if not row.held]
+    assert len(broken) == len(names), (case, broken)
+    for name, row in zip(names, broken):
+        assert name in row.name, (case, row)
+        assert "VIOLATED" in row.detail or "RSS" in row.name, row
