@@ -15,8 +15,8 @@ Each row runs B jobs (different prompts and seeds) together. Within a compile mo
 generator serves every row, as one worker would: the rows start in order and run their
 `--warmup` iterations (`warm-up` is the first step, compiling included where compiled: the
 first batch size compiles for its shape, the second recompiles with dynamic shapes, later
-ones reuse that), then `--rounds` timed rounds of `--iterations` go round the rows in turn,
-so a spell of other load on the machine falls on every row alike.
+ones reuse that). Then `--rounds` timed rounds of `--iterations` go round all the rows, of
+every mode, in turn, so a spell of other load on the machine falls on every row alike.
 
 `s/iteration` is one step of the batch (every job advances one iteration) in the row's best
 round (other load only ever slows a round down); `s/image` is what one 400-iteration image
@@ -204,22 +204,16 @@ class Row:
         }
 
 
-def run_mode(models, numerics, compile_mode: str, args, memory: PeakMemory,
-             reference: dict[int, Any]) -> list[dict[str, Any]]:
-    """Every batch size in one compile mode, with one generator (and compiler), as a worker.
-
-    First each row starts and runs its warm-up iterations, in order (its peak memory is taken
-    then); then the timed rounds go round the rows in turn, so a spell of other load on the
-    machine falls on every row alike and each row keeps its best round."""
-    import torch
-
+def start_rows(models, numerics, compile_mode: str, args, memory: PeakMemory) -> tuple[Any, list[Row]]:
+    """Every batch size in one compile mode, with one generator (and compiler), as one worker
+    would: the rows start in order and run their warm-up iterations (their peak memory is
+    taken then). Returns the compiler and the rows; a row out of memory ends the list."""
     from engine.batching import Batch, BatchJob, MemoryGuard
     from engine.compiling import Compiler
     from engine.generate import GenerationRequest, Generator
     from engine.prompts import parse_prompt
 
     device = models.device
-    torch._dynamo.reset()
     compiler = Compiler(compile_mode, device)
     generator = Generator(models, numerics, compiler)
     total = args.warmup + args.rounds * args.iterations
@@ -252,7 +246,13 @@ def run_mode(models, numerics, compile_mode: str, args, memory: PeakMemory,
                   file=sys.stderr, flush=True)
             free_memory(device)
             break
-    for _ in range(args.rounds):
+    return compiler, rows
+
+
+def time_rounds(rows: list[Row], args, device) -> None:
+    """The timed rounds go round all the rows (every mode, every batch size) in turn, so a
+    spell of other load on the machine falls on every row alike."""
+    for round_number in range(args.rounds):
         for row in rows:
             if row.out_of_memory:
                 continue
@@ -265,15 +265,10 @@ def run_mode(models, numerics, compile_mode: str, args, memory: PeakMemory,
             if row.batch.limits:
                 row.out_of_memory, row.batch = True, None
                 free_memory(device)
+        print(f"  timed round {round_number + 1} of {args.rounds} done", file=sys.stderr, flush=True)
     for row in rows:
         if not row.out_of_memory and row.batch.busy:
             raise RuntimeError(f"batch {row.batch_size} has not finished its iterations")
-    if compile_mode == "off" and rows and rows[0].batch_size == 1 and not rows[0].out_of_memory:
-        reference[0] = rows[0].results[0].image
-    reports = [row.report(compiler, args, reference) for row in rows]
-    del rows
-    free_memory(device)
-    return reports
 
 
 def _psnr(a, b) -> float:
@@ -360,8 +355,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="  %(name)s: %(message)s")
     logging.getLogger("engine.compiling").setLevel(logging.INFO)  # the warm-up of each shape
-    for compile_mode in args.compile:
-        rows += run_mode(models, numerics, compile_mode, args, memory, reference)
+    torch._dynamo.reset()
+    modes = [(compile_mode, *start_rows(models, numerics, compile_mode, args, memory))
+             for compile_mode in args.compile]
+    time_rounds([row for _, _, mode_rows in modes for row in mode_rows], args, device)
+    eager_one = next((mode_rows[0] for compile_mode, _, mode_rows in modes if compile_mode == "off"
+                      and mode_rows[0].batch_size == 1 and not mode_rows[0].out_of_memory), None)
+    if eager_one is not None:
+        reference[0] = eager_one.results[0].image
+    rows = [row.report(compiler, args, reference) for _, compiler, mode_rows in modes for row in mode_rows]
+    del modes
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
