@@ -9,9 +9,10 @@ end is `engine.redis_worker`.
 
 The rules, and why:
 - **Fairness stays in the bot.** A job goes into Redis only while the live workers have a
-  free slot: `free_capacity()` is their capacities minus the bot's own jobs in flight (the
-  bot's count is exact at every moment; heartbeats are seconds old). Everything else
-  waits here, in submission order, so the runner's fair queue decides what runs next.
+  free slot: their capacities minus the bot's own jobs in flight (the bot's count is exact
+  at every moment; heartbeats are seconds old). The runner hands jobs over only while
+  `free_capacity()` (those capacities minus every job held here) is above 0, so jobs wait
+  in its fair queue, not here; what does wait here goes out in submission order.
 - **A started job dies with its worker.** A worker whose heartbeat expires, or that stops
   answering pings, is dead: each job it had started ends `Failed(reason="crash")` with
   the same words as a crash of the local engine (`render.ENGINE_CRASHED`: uncharged, with
