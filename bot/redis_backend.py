@@ -402,6 +402,8 @@ class RedisBackend:
                 if time.monotonic() >= next_check:
                     await self._check()
                     next_check = time.monotonic() + self.check_interval
+                    # Ready before a job goes out: a worker may answer it at once.
+                    self._update_state()
                 await self._dispatch()
                 self._update_state()
             except UNREACHABLE as error:
