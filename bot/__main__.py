@@ -100,8 +100,11 @@ def missing_sandbox_modules() -> list[str]:
 
 def models_to_download(settings: Settings) -> list[str]:
     """The model names AUTO_DOWNLOAD should make sure of. Files the operator pointed at
-    directly (VQGAN_CONFIG/VQGAN_CHECKPOINT, a CLIP .pt path) are theirs, not ours."""
+    directly (VQGAN_CONFIG/VQGAN_CHECKPOINT, a CLIP .pt path) are theirs, not ours; with
+    ENGINE_BACKEND=redis the models live on the workers' machines, so none here."""
     names: list[str] = []
+    if settings.engine_backend == "redis":
+        return names
     if not settings.uses_custom_vqgan_files:
         names.append(settings.vqgan_model)
     if not settings.clip_model_is_path:

@@ -441,12 +441,6 @@ class _Parser:
         return mode
     def engine_backend(self, name: str) -> EngineBackend:
         value = self.choice(name, ENGINE_BACKENDS, lower=True)
-        if value == "redis":
-            # The remote workers exist (`vqgan-clip worker --redis`, bot/redis_backend.py)
-            # but the job runner is not wired to them yet: say so rather than ignore it.
-            self._fail(name, "redis is not available yet: the bot's job runner does not use "
-                             "remote workers so far (docs/remote-workers.md); set "
-                             f"{name}=local")
         return "redis" if value == "redis" else "local"
 
     def redis_url(self, name: str, *, needed: bool) -> RedisTarget | None:

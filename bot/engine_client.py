@@ -55,6 +55,7 @@ from typing import Any
 from bot import render
 from bot.config import Settings
 from bot.engine_status import EngineState, EngineStatus
+from bot.worker_status import WorkerState, WorkerStatus
 from engine import protocol as p
 
 log = logging.getLogger(__name__)
@@ -200,8 +201,11 @@ class EngineClient:
         close_timeout: float = 15.0,
         stderr_tail_lines: int = 40,
         clock: Callable[[], float] = time.time,
+        name: str = "local",
     ) -> None:
         self.command = list(command) if command is not None else worker_command()
+        #: What `/status` calls this engine among the others (one per device).
+        self.name = name
         self.env = dict(env) if env is not None else None
         self.ready_timeout = ready_timeout
         self.ping_interval = ping_interval
@@ -228,6 +232,9 @@ class EngineClient:
         self._closing = False
         self._supervisor: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
+        #: For `/status`: jobs the engine finished done, and when it last said anything.
+        self.jobs_done = 0
+        self._last_seen: float | None = None
         self._pongs: dict[int, asyncio.Future] = {}
         self._nonces = itertools.count(1)
 
@@ -238,6 +245,27 @@ class EngineClient:
         """The live worker's `ready` (device, vqgan, clip, version, pid); None while down."""
         worker = self._worker
         return worker.ready if worker is not None and worker.alive else None
+
+    def free_capacity(self) -> int:
+        """Jobs the runner may still hand over: the live worker's capacity minus the jobs
+        this client holds (computing or waiting here); 0 while no worker is live."""
+        ready = self.ready_info
+        return 0 if ready is None else max(0, ready.capacity - self._waiting_count())
+
+    @property
+    def workers(self) -> tuple[WorkerStatus, ...]:
+        """The local worker as `/status` lists remote ones: nothing before it first ran."""
+        ready = self.ready_info
+        shown = ready or self._last_ready
+        if shown is None:
+            return ()
+        busy = sum(1 for state in self._jobs.values() if state.started and not state.finished)
+        return (WorkerStatus(
+            name=self.name, state=WorkerState.LIVE if ready is not None else WorkerState.DEAD,
+            device=shown.device, vqgan=shown.vqgan, clip=shown.clip, version=shown.version,
+            capacity=shown.capacity, busy=busy, jobs_done=self.jobs_done,
+            last_seen=self._last_seen if self._last_seen is not None else self._since,
+            note=None if ready is not None else self.last_error),)
 
     @property
     def pid(self) -> int | None:
@@ -587,6 +615,9 @@ class EngineClient:
                 return
 
     def _route(self, message: p.Message) -> None:
+        self._last_seen = self.clock()
+        if isinstance(message, p.Done):
+            self.jobs_done += 1
         if isinstance(message, p.Pong):
             future = self._pongs.get(message.nonce)
             if future is not None and not future.done():

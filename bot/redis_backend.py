@@ -9,9 +9,10 @@ end is `engine.redis_worker`.
 
 The rules, and why:
 - **Fairness stays in the bot.** A job goes into Redis only while the live workers have a
-  free slot: `free_capacity()` is their capacities minus the bot's own jobs in flight (the
-  bot's count is exact at every moment; heartbeats are seconds old). Everything else
-  waits here, in submission order, so the runner's fair queue decides what runs next.
+  free slot: their capacities minus the bot's own jobs in flight (the bot's count is exact
+  at every moment; heartbeats are seconds old). The runner hands jobs over only while
+  `free_capacity()` (those capacities minus every job held here) is above 0, so jobs wait
+  in its fair queue, not here; what does wait here goes out in submission order.
 - **A started job dies with its worker.** A worker whose heartbeat expires, or that stops
   answering pings, is dead: each job it had started ends `Failed(reason="crash")` with
   the same words as a crash of the local engine (`render.ENGINE_CRASHED`: uncharged, with
@@ -190,6 +191,8 @@ class RedisBackend:
         self.last_error_at: float | None = None
         self._state = EngineState.NOT_STARTED
         self._since = clock()
+        #: The `ready_info` the last status change told of (a new one is a change too).
+        self._ready_told: p.Ready | None = None
         self._serial = 0
         self._changed = asyncio.Event()
         self._jobs: dict[str, _Job] = {}   # insertion order = submission order
@@ -220,6 +223,12 @@ class RedisBackend:
         return self._book.statuses()
 
     def free_capacity(self) -> int:
+        """Jobs the runner may hand over now: the live workers' capacity minus every job
+        the bot holds here, sent to Redis or still waiting to be (so that the runner's fair
+        queue, not this backend's line, decides what runs next)."""
+        return max(0, self._book.capacity() - self._waiting_count())
+
+    def _free_slots(self) -> int:
         """Jobs the live workers could start now beyond the ones already sent to them."""
         capacity = self._book.capacity()
         in_flight = sum(1 for job in self._jobs.values() if job.run is not None and not job.finished)
@@ -393,6 +402,8 @@ class RedisBackend:
                 if time.monotonic() >= next_check:
                     await self._check()
                     next_check = time.monotonic() + self.check_interval
+                    # Ready before a job goes out: a worker may answer it at once.
+                    self._update_state()
                 await self._dispatch()
                 self._update_state()
             except UNREACHABLE as error:
@@ -659,7 +670,7 @@ class RedisBackend:
                                        maxlen=INBOX_MAXLEN, approximate=True)
 
     async def _dispatch_some(self) -> int:
-        free = self.free_capacity()
+        free = self._free_slots()
         sent = 0
         for job in list(self._jobs.values()):
             if free <= 0:
@@ -889,7 +900,13 @@ class RedisBackend:
     def _update_state(self) -> None:
         if self._closing or self._state is EngineState.NOT_STARTED:
             return
-        if self.ready_info is not None:
+        ready = self.ready_info
+        if ready is not None:
+            if self._state is EngineState.READY and ready != self._ready_told:
+                # A worker came, went or changed: the runner may have room now (it looks
+                # again at every status change), and /status shows the new devices.
+                self._notify()
+            self._ready_told = ready
             self._set_state(EngineState.READY)
         elif self._state is not EngineState.STARTING:
             if self._connected:
@@ -911,6 +928,10 @@ class RedisBackend:
         log.info("remote workers: state %s -> %s", self._state.value, state.value)
         self._state = state
         self._since = self.clock()
+        self._notify()
+
+    def _notify(self) -> None:
+        """Wake `wait_status_change`: the state, or what is live, changed."""
         self._serial += 1
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()

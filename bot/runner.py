@@ -21,9 +21,11 @@ into edits of the job's progress message:
 - `Cancelled` -> marked cancelled (not charged), shown in the same message.
 
 Several at once: the engine says in `Ready.capacity` how many jobs it optimises at once
-(ENGINE_BATCH; 1 for an engine that does not say), and the runner keeps up to that many
-handed over (`services.running`, in the order they were handed over), taking each next one
-by the same fair rule the moment one ends. Jobs are handed over one at a time, by the loop
+(ENGINE_BATCH; 1 for an engine that does not say; the sum over the live workers for remote
+workers), and the runner hands over a job while `Engine.free_capacity()` (that capacity
+minus the jobs the engine holds) is above 0 (`services.running` lists them, in the order
+they were handed over), taking each next one by the same fair rule the moment one ends or
+the engine's status changes (a worker came back, or joined: see `_engine_changed`). Jobs are handed over one at a time, by the loop
 itself, so the engine receives them in the queue's order; the engine starts them in that
 order too (a job of another size than those computing waits until they end, and nothing
 overtakes it), so a waiting job is never passed over for ever. Every job keeps its own
@@ -219,14 +221,14 @@ class JobRunner:
             self._followers[job.id] = asyncio.create_task(
                 self._follow(job, running, stream), name=f"vqgan-clip job {job.id}")
 
-    def capacity(self) -> int:
-        """How many jobs the engine takes at once now: its `Ready.capacity` while it is
-        ready, else 1 (jobs wait in the queue, where their messages keep their place)."""
-        ready = self.services.engine.ready_info
-        return ready.capacity if ready is not None else 1
-
     def _has_room(self) -> bool:
-        return len(self.services.running) < self.capacity()
+        """While the engine is ready: whether it has a free place (`free_capacity`: its
+        live capacity, all workers together, minus the jobs it holds). Else room for one
+        job (the others wait in the queue, where their messages keep their place)."""
+        engine = self.services.engine
+        if engine.ready_info is None:
+            return len(self.services.running) < 1
+        return engine.free_capacity() > 0
 
     def _wake(self) -> None:
         self.bot.dispatch(RUNNER_WAKE_EVENT)
@@ -291,7 +293,8 @@ class JobRunner:
     async def _engine_changed(self, status: EngineStatus) -> None:
         """Down (a start or restart failed) and ready are what waiting users see;
         starting and restarting change nothing they see, so a quick restart, or a retry
-        that fails again, edits no message. Ready again, the engine has room again."""
+        that fails again, edits no message. Ready again, or ready with other workers, the
+        engine may have room again."""
         if status.state is EngineState.DOWN:
             down = True
         elif status.state is EngineState.READY:

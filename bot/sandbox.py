@@ -82,6 +82,7 @@ from bot.engine_status import EngineStatus
 from bot.errors import UserError
 from bot.interactions import unwrap
 from bot.services import Engine, worker_environment
+from bot.worker_status import WorkerStatus
 from engine import protocol
 from engine.errors import ModelFileError
 from engine.registry import resolve_clip, resolve_vqgan
@@ -126,7 +127,7 @@ class ExternallyWaited:
     `ready_info` and does not start it.
     """
 
-    def __init__(self, inner: EngineClient) -> None:
+    def __init__(self, inner: Engine) -> None:
         self.inner = inner
         self.env: Any = None
 
@@ -144,6 +145,13 @@ class ExternallyWaited:
     @property
     def status(self) -> EngineStatus:
         return self.inner.status
+
+    def free_capacity(self) -> int:
+        return self.inner.free_capacity()
+
+    @property
+    def workers(self) -> tuple[WorkerStatus, ...]:
+        return self.inner.workers
 
     async def wait_status_change(self, after: int) -> EngineStatus:
         return await self.env.external_wait(self.inner.wait_status_change(after),

@@ -23,13 +23,16 @@ from bot.jobs import RunningJob as RunningJob  # plain data, kept importable fro
 from bot.quotas import QuotaPolicy
 from bot.scheduler import Scheduler
 from bot.store import Store
+from bot.worker_status import WorkerStatus
 from engine import protocol
 
 log = logging.getLogger(__name__)
 
 
 class Engine(Protocol):
-    """What the bot needs of the engine: `bot.engine_client.EngineClient` is the real one.
+    """What the bot needs of the engine: `bot.engine_client.EngineClient` (the local engine
+    process) and `bot.redis_backend.RedisBackend` (remote workers) are the real ones;
+    `build_engine` picks one from ENGINE_BACKEND.
 
     Its behaviour, which `tests/bot/fake_engine.py` models too: `start` raises while the
     engine cannot start (the state is then `down`, `last_error` says why); a job submitted
@@ -44,6 +47,16 @@ class Engine(Protocol):
     def status(self) -> EngineStatus: ...
 
     async def wait_status_change(self, after: int) -> EngineStatus: ...
+
+    def free_capacity(self) -> int:
+        """Jobs the runner may hand over now: the capacity of what is live minus the jobs
+        the engine already holds (`Ready.capacity` is a total that ignores them)."""
+        ...
+
+    @property
+    def workers(self) -> tuple[WorkerStatus, ...]:
+        """Each engine process or remote worker, for `/status`."""
+        ...
 
     async def start(self) -> protocol.Ready: ...
 
@@ -62,6 +75,26 @@ def worker_environment() -> dict[str, str]:
     """The bot's environment minus its secrets, for the engine process: a library in the
     worker that dumps its environment (a crash reporter, a debug log) cannot leak them."""
     return {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
+
+
+def build_engine(settings: Settings) -> Engine:
+    """The engine ENGINE_BACKEND names, not started. For `redis`, the workers must run the
+    bot's models: a VQGAN or CLIP given as files is checked by nobody (a worker's Ready
+    carries whatever name it was started with), a named one must match."""
+    if settings.engine_backend == "redis":
+        # Imported here: only this backend needs the Redis client.
+        from bot.redis_backend import RedisBackend
+        from engine.redis_layout import Expectation, RedisLayout
+
+        if settings.redis_url is None:  # load_settings refuses this; a hand-built Settings may not
+            raise ValueError("ENGINE_BACKEND=redis needs REDIS_URL")
+        expect = Expectation(
+            protocol.PROTOCOL_VERSION,
+            None if settings.uses_custom_vqgan_files else settings.vqgan_model,
+            None if settings.clip_model_is_path else settings.clip_model)
+        return RedisBackend(settings.redis_url, layout=RedisLayout(settings.redis_prefix),
+                            expect=expect)
+    return EngineClient(worker_command_for(settings), env=worker_environment())
 
 
 @dataclass
@@ -93,7 +126,7 @@ class Services:
         (not started: starting loads the models, which the job runner does in the
         background so the bot is online while the engine warms up)."""
         if engine is None:
-            engine = EngineClient(worker_command_for(settings), env=worker_environment())
+            engine = build_engine(settings)
         results_dir = Path(settings.results_dir)
         results_dir.mkdir(parents=True, exist_ok=True)
         store = await Store.open(settings.database_path, clock=clock)

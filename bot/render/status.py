@@ -8,6 +8,7 @@ import discord
 
 from bot.engine_status import EngineState, EngineStatus
 from bot.jobs import JobStatus, RunningJob
+from bot.worker_status import WorkerState, WorkerStatus
 from bot.render.text import (
     COLOUR_CANCELLED,
     COLOUR_DONE,
@@ -19,6 +20,8 @@ from bot.render.text import (
 
 #: How much of the engine's last error `/status` shows (an embed field holds 1024).
 STATUS_ERROR_LIMIT = 900
+#: How many workers `/status` names one by one (a field holds 1024 characters).
+STATUS_WORKERS_LIMIT = 6
 #: How many of the jobs the engine has `/status` names one by one (a field holds 1024).
 STATUS_RUNNING_LIMIT = 16
 #: How `/status` says the engine's state.
@@ -61,7 +64,7 @@ def _engine_models(engine: EngineStatus, configured: tuple[str, str]) -> tuple[s
     if ready is None:
         vqgan, clip = configured
         return "not known until the engine starts", f"VQGAN `{vqgan}`, CLIP `{clip}` (configured)"
-    pid = f" · pid {ready.pid}" if engine.ready is not None else ""
+    pid = f" · pid {ready.pid}" if engine.ready is not None and ready.pid else ""
     return f"`{ready.device}`{pid}{note}", f"VQGAN `{ready.vqgan}`, CLIP `{ready.clip}`{note}"
 
 
@@ -94,6 +97,31 @@ def _running_text(running: Sequence[RunningJob]) -> str:
             + (f"\n… and {more} more" if more else ""))
 
 
+def status_worker_line(worker: WorkerStatus) -> str:
+    """One engine process or remote worker: name, state, device, models, how busy, jobs
+    done, when last seen, and why it is not used (if it is not)."""
+    if worker.state is WorkerState.LIVE or worker.state is WorkerState.DRAINING:
+        busy = (f"busy {worker.busy}/{worker.capacity}" if worker.busy
+                else f"idle (room for {worker.capacity})")
+    else:
+        busy = "not used"
+    state = "" if worker.state is WorkerState.LIVE else f" **{worker.state.value}**"
+    line = (f"`{worker.name}`{state} · `{worker.device}` · VQGAN `{worker.vqgan}`, "
+            f"CLIP `{worker.clip}` · {busy} · {worker.jobs_done} done · last seen "
+            f"{discord_relative_time(worker.last_seen)}")
+    if worker.note:
+        note = worker.note.replace("`", "'")
+        line += f"\n  {note[:150] + '…' if len(note) > 150 else note}"
+    return line
+
+
+def _workers_text(workers: Sequence[WorkerStatus]) -> str:
+    shown = [status_worker_line(worker) for worker in workers[:STATUS_WORKERS_LIMIT]]
+    more = len(workers) - len(shown)
+    text = "\n".join(shown) + (f"\n… and {more} more" if more else "")
+    return text if len(text) <= 1024 else text[:1023] + "…"
+
+
 def status_embed(
     engine: EngineStatus,
     *,
@@ -101,13 +129,15 @@ def status_embed(
     running: Sequence[RunningJob],
     finished_today: Mapping[JobStatus, int],
     configured_models: tuple[str, str],
+    workers: Sequence[WorkerStatus] = (),
 ) -> discord.Embed:
     """`/status`, for admins only: the engine (state, device, models, how many jobs it
     runs at once, restarts, the last error in full, paths and all), the queue and every
     job the engine has, and the jobs that ended today (UTC).
 
     `running` are the jobs that left the queue and have not ended, in the order they were
-    handed over; `finished_today` counts jobs by final status (done, failed, cancelled)."""
+    handed over; `finished_today` counts jobs by final status (done, failed, cancelled);
+    `workers` are the engine's processes or remote workers, each on a line of its own."""
     embed = discord.Embed(title="Image engine status",
                           colour=STATUS_COLOURS.get(engine.state, COLOUR_CANCELLED))
     restarts = {0: "no restarts", 1: "restarted once"}.get(engine.restarts,
@@ -118,6 +148,9 @@ def status_embed(
     embed.add_field(name="Device", value=device)
     embed.add_field(name="Models", value=models)
     embed.add_field(name="Capacity", value=_engine_capacity(engine))
+    if workers:
+        embed.add_field(name=f"Workers ({len(workers)})", value=_workers_text(workers),
+                        inline=False)
     embed.add_field(name="Queue", value=f"{queued} waiting · {_running_text(running)}", inline=False)
     counts = " · ".join(f"{finished_today.get(status, 0)} {JOB_STATUS_WORDS[status]}"
                         for status in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED))

@@ -41,6 +41,7 @@ from bot.config import Settings
 from bot.engine_status import EngineState, EngineStatus
 from bot.pacing import QUEUE_EDIT_WINDOW
 from bot.render import ENGINE_CRASHED
+from bot.worker_status import WorkerState, WorkerStatus
 from engine import protocol
 from tests.bot.conftest import make_settings, raise_unexpected_errors
 
@@ -116,6 +117,8 @@ class FakeEngine:
         self.started: list[str] = []
         #: Jobs submitted and not started yet, in the order they came.
         self._line: list[str] = []
+        #: Jobs submitted and not ended (what `free_capacity` subtracts).
+        self._unended: set[str] = set()
         #: The jobs computing now, with their size: one size at a time.
         self._batch: dict[str, tuple[int, int]] = {}
         #: Jobs a blocked engine lets finish (`release_job`).
@@ -226,8 +229,23 @@ class FakeEngine:
         self._set_state(EngineState.READY)
         return self._ready
 
+    def free_capacity(self) -> int:
+        ready = self.ready_info
+        return 0 if ready is None else max(0, ready.capacity - len(self._unended))
+
+    @property
+    def workers(self) -> tuple[WorkerStatus, ...]:
+        ready = self.ready_info
+        if ready is None:
+            return ()
+        return (WorkerStatus("fake", WorkerState.LIVE, ready.device, ready.vqgan, ready.clip,
+                             ready.version, ready.capacity, len(self._batch),
+                             len([job for job in self.started if job not in self._batch]),
+                             time.time()),)
+
     def submit(self, job: protocol.Submit) -> AsyncIterator[protocol.JobEvent]:
         self.submits.append(job)
+        self._unended.add(job.job)
         return self._events(job)
 
     async def cancel(self, job_id: str) -> None:
@@ -292,6 +310,7 @@ class FakeEngine:
     def _end(self, job_id: str) -> None:
         """The job leaves the batch (before its last event: a reader may stop there)."""
         self._batch.pop(job_id, None)
+        self._unended.discard(job_id)
         self._wake_all()
 
     async def _events(self, job: protocol.Submit) -> AsyncIterator[protocol.JobEvent]:
@@ -302,6 +321,7 @@ class FakeEngine:
             await self._sleep(job.job, "fake engine: a job waiting to start")
         self._line.remove(job.job)
         if job.job in self._cancelled:
+            self._unended.discard(job.job)
             self._wake_all()
             yield protocol.Cancelled(job.job)
             return

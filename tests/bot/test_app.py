@@ -17,6 +17,12 @@ import pytest
 import simcord
 
 from bot.__main__ import RedactingFormatter, models_to_download
+from bot.engine_client import EngineClient
+from bot.redis_backend import RedisBackend
+from bot.services import build_engine
+from engine.protocol import PROTOCOL_VERSION
+from engine.redis_layout import Expectation
+from engine.redis_url import parse_redis_url
 from bot.app import BOT_PERMISSIONS, COGS, ImagineBot, bot_intents, invite_url
 from bot.job_messages import JobMessages
 from bot.render import HELP_TITLE
@@ -160,6 +166,36 @@ def test_auto_download_skips_vqgan_given_as_files_and_clip_given_as_path(tmp_pat
         vqgan_config=tmp_path / "a.yaml", vqgan_checkpoint=tmp_path / "a.ckpt", clip_model=str(tmp_path / "c.pt"),
     )
     assert models_to_download(settings) == []
+
+
+def test_auto_download_downloads_nothing_when_the_models_are_on_remote_workers() -> None:
+    settings = make_settings(engine_backend="redis", redis_url=parse_redis_url("redis://127.0.0.1:1/0"))
+    assert models_to_download(settings) == []
+
+
+# --- choosing the engine (ENGINE_BACKEND) ----------------------------------------------------
+
+
+def test_engine_backend_local_builds_the_engine_process_client() -> None:
+    assert isinstance(build_engine(make_settings()), EngineClient)
+
+
+def test_engine_backend_redis_builds_the_redis_backend_expecting_the_bots_models() -> None:
+    settings = make_settings(engine_backend="redis", redis_prefix="vqc-test:",
+                             redis_url=parse_redis_url("redis://bot:pw-9@127.0.0.1:1/0"))
+    engine = build_engine(settings)
+    assert isinstance(engine, RedisBackend)
+    assert engine.expect == Expectation(PROTOCOL_VERSION, "vqgan_imagenet_f16_16384", "ViT-B/32")
+    assert engine.layout.prefix == "vqc-test:" and engine.target == settings.redis_url
+
+
+def test_engine_backend_redis_expects_no_model_name_for_models_given_as_files(tmp_path: Path) -> None:
+    settings = make_settings(engine_backend="redis", redis_url=parse_redis_url("redis://127.0.0.1:1/0"),
+                             vqgan_config=tmp_path / "a.yaml", vqgan_checkpoint=tmp_path / "a.ckpt",
+                             clip_model=str(tmp_path / "c.pt"))
+    engine = build_engine(settings)
+    assert isinstance(engine, RedisBackend)
+    assert engine.expect == Expectation(PROTOCOL_VERSION, None, None)
 
 
 # --- the process ---------------------------------------------------------------------------

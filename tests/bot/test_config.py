@@ -434,13 +434,17 @@ def test_a_bad_redis_url_is_a_clear_problem_without_the_password() -> None:
     assert REDIS_PASSWORD not in str(caught.value)
 
 
-def test_engine_backend_redis_is_refused_until_the_runner_uses_it() -> None:
+def test_engine_backend_redis_needs_a_redis_url() -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(None, {"DISCORD_TOKEN": FAKE_TOKEN, "ENGINE_BACKEND": "redis"})
-    names = [problem.split(":")[0] for problem in caught.value.problems]
-    assert names == ["ENGINE_BACKEND", "REDIS_URL"]
-    assert "not available yet" in caught.value.problems[0]
-    assert "ENGINE_BACKEND=redis needs it" in caught.value.problems[1]
+    (problem,) = caught.value.problems
+    assert problem.startswith("REDIS_URL: ") and "ENGINE_BACKEND=redis needs it" in problem
+
+
+def test_engine_backend_redis_with_a_redis_url_is_accepted() -> None:
+    settings = load_settings(None, {"DISCORD_TOKEN": FAKE_TOKEN, "ENGINE_BACKEND": "redis",
+                                    "REDIS_URL": "redis://bot:pw-7@127.0.0.1:6379/0"})
+    assert settings.engine_backend == "redis" and settings.redis_url is not None
 
 
 @pytest.mark.parametrize("name, value, words", [

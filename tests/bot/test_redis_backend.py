@@ -508,3 +508,29 @@ async def test_a_new_jobs_events_are_read_without_waiting_out_the_readers_block(
     finally:
         a.stop_beating()
         await backend.close()
+
+
+async def test_free_capacity_counts_jobs_held_in_the_bot_not_only_those_sent(backend, redis) -> None:
+    worker = HandWorker(redis, "a", capacity=2)
+    worker.start_beating()
+    await backend.start()
+    await until(lambda: _is(backend.free_capacity() == 2))
+    backend.submit(submit("j1"))  # held here until the supervisor sends it
+
+    assert backend.free_capacity() == 1
+    worker.stop_beating()
+
+
+async def test_a_worker_joining_a_ready_backend_is_a_status_change(backend, redis) -> None:
+    first, second = HandWorker(redis, "a"), HandWorker(redis, "b")
+    first.start_beating()
+    await backend.start()
+    serial = backend.status.serial
+    second.start_beating()
+
+    status = await asyncio.wait_for(backend.wait_status_change(serial), 5.0)
+
+    assert status.state is EngineState.READY and status.ready is not None
+    assert status.ready.capacity == 2
+    first.stop_beating()
+    second.stop_beating()

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot import render
+from bot.engine_status import EngineState, EngineStatus
 from bot.jobs import JobStatus
 from bot.render import HELP_ADMIN_FIELD
+from bot.worker_status import WorkerState, WorkerStatus
+from engine.protocol import PROTOCOL_VERSION
 from tests.bot.conftest import reply
 from tests.bot.fake_engine import START_ERROR, FakeEngine, World, running_world
 
@@ -133,3 +137,45 @@ async def test_status_lists_every_running_job() -> None:
         assert fields["Queue"].startswith("0 waiting · 3 running:")
         for job in running:
             assert f"job `{job.id}`, iteration 0/{job.iterations}" in fields["Queue"]
+
+
+def worker(name: str, **overrides: Any) -> WorkerStatus:
+    values: dict[str, Any] = dict(name=name, state=WorkerState.LIVE, device="cuda:0",
+                                  vqgan="vq", clip="cl", version=PROTOCOL_VERSION, capacity=2,
+                                  busy=0, jobs_done=0, last_seen=1_700_000_000.0)
+    return WorkerStatus(**{**values, **overrides})
+
+
+def workers_field(*workers: WorkerStatus) -> str:
+    engine = EngineStatus(state=EngineState.READY, since=0.0, serial=1, ready=None, last_ready=None,
+                          last_error=None, last_error_at=None, restarts=0)
+    embed = render.status_embed(engine, queued=0, running=[], finished_today={},
+                                configured_models=("vq", "cl"), workers=workers)
+    return next(f.value for f in embed.fields if (f.name or "").startswith("Workers"))
+
+
+def test_status_lists_each_worker_with_its_device_models_load_jobs_done_and_last_seen() -> None:
+    text = workers_field(worker("gpu-a", busy=1, jobs_done=7),
+                         worker("gpu-b", device="cuda:1", last_seen=1_700_000_100.0))
+
+    first, second = text.splitlines()
+    assert first.startswith("`gpu-a`") and "`cuda:0`" in first and "VQGAN `vq`, CLIP `cl`" in first
+    assert "busy 1/2" in first and "7 done" in first and "last seen <t:1700000000:R>" in first
+    assert second.startswith("`gpu-b`") and "`cuda:1`" in second and "idle" in second
+    assert "0 done" in second and "<t:1700000100:R>" in second
+
+
+def test_status_says_why_a_worker_is_not_used() -> None:
+    text = workers_field(worker("old", state=WorkerState.REFUSED, note="it speaks protocol version 2"))
+
+    assert "`old` **refused**" in text and "not used" in text
+    assert "it speaks protocol version 2" in text
+
+
+async def test_status_lists_the_engines_worker() -> None:
+    async with running_world(FakeEngine(), warm_engine=True) as world:
+        await world.env.settle()
+
+        fields = await status(world)
+
+        assert fields["Workers (1)"].startswith("`fake` · `cpu` · VQGAN `fake_vqgan`")
