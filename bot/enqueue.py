@@ -86,7 +86,10 @@ async def enqueue(services: Services, interaction: discord.Interaction, request:
             log.warning("job %s: cannot post its message in channel %s: %s",
                         job.id, job.channel_id, error)
             await services.store.mark_failed(job.id, render.JOB_NOT_POSTED)
-            raise RequestRejected(render.CANNOT_POST_JOB) from None
+            # Only a 403 is a missing permission; a 500 or a rate limit is Discord's failing.
+            refusal = (render.CANNOT_POST_JOB if isinstance(error, discord.Forbidden)
+                       else render.DISCORD_FAILED_TO_POST_JOB)
+            raise RequestRejected(refusal) from None
         job = await services.store.update_job(job.id, progress_message_id=message.id)
         # Queueing moves the queue: `bot.queue_notes` fills in this message's place and
         # time (and renumbers those behind it), paced, and never two at one place.

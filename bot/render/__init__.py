@@ -97,6 +97,7 @@ from bot.render.job_messages import (
 # ---- refusals of requests, and the apology for a bug
 from bot.render.refusals import (
     CANNOT_POST_JOB,
+    DISCORD_FAILED_TO_POST_JOB,
     GUILD_ONLY,
     NOT_ADMIN,
     REPLACE_ONLY_SPACES,

@@ -54,7 +54,8 @@ def job_not_sent(error: str) -> str:
 
 
 #: The failure a job keeps (`Job.error`) when its message could not be posted: it was
-#: refused then (`bot.enqueue`), and the member read `render.CANNOT_POST_JOB`.
+#: refused then (`bot.enqueue`), and the member read `render.CANNOT_POST_JOB` (a missing
+#: permission) or `render.DISCORD_FAILED_TO_POST_JOB` (Discord failing).
 JOB_NOT_POSTED = "the job's message could not be posted"
 
 

@@ -49,10 +49,17 @@ STORED_IMAGE_GONE = (
 
 # ---- where the job would go (`bot.enqueue`, `bot.scheduler`)
 
-#: The job's message could not be posted: nobody could follow or cancel the job.
+#: The job's message could not be posted because Discord refused the bot the permission
+#: (403): nobody could follow or cancel the job.
 CANNOT_POST_JOB = (
     "I can't post in this channel. Ask a server admin to give me the **Send Messages**, "
     "**Embed Links** and **Attach Files** permissions here, or use another channel."
+)
+#: The job's message could not be posted because Discord failed (a 500, a rate limit, an
+#: outage): no permission is missing, so none is asked for; trying again is the remedy.
+DISCORD_FAILED_TO_POST_JOB = (
+    "Discord didn't let me post your image's message just now (it answered with an error "
+    "on its side). Nothing was counted against your quota; please try again in a moment."
 )
 
 

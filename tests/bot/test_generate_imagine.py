@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import bot.attachments
+from bot import render
 from bot.jobs import JobStatus
 from engine import protocol
 from tests.bot.fake_engine import FakeEngine, World, png_bytes, png_file, running_world, text_of
@@ -134,6 +135,22 @@ async def test_a_discord_error_while_editing_progress_does_not_fail_the_job() ->
         assert job.status is JobStatus.DONE
         (message,) = world.bot_messages()
         assert message.attachments[0].filename == f"{job.id}.png"
+
+
+async def test_a_job_message_refused_by_a_discord_500_asks_to_try_again_not_for_permissions() -> None:
+    async with running_world() as world:
+        world.env.inject_error("POST", f"/channels/{world.channel.id}/messages", status=500, times=1)
+        answer = text_of(await world.alice.slash(world.channel, "imagine", prompt="a lighthouse"))
+        assert render.DISCORD_FAILED_TO_POST_JOB in answer
+        assert "Send Messages" not in answer
+
+
+async def test_a_job_message_refused_for_missing_permission_asks_an_admin_for_it() -> None:
+    async with running_world() as world:
+        world.env.inject_error("POST", f"/channels/{world.channel.id}/messages", status=403,
+                               message="Missing Permissions", times=1)
+        answer = text_of(await world.alice.slash(world.channel, "imagine", prompt="a lighthouse"))
+        assert render.CANNOT_POST_JOB in answer
 
 
 # --- what reaches the engine ---------------------------------------------------------------
