@@ -17,8 +17,9 @@ Combined status (the rule `/status` and the runner read):
 - state: `ready` while any engine is ready; else `restarting`, `starting`, `down`,
   `not started`, the first of these any engine is in; `down` therefore only when every
   engine is down (or not started); `closed` once the pool is closed;
-- `serial`: the sum of the engines' serials (each only goes up): any engine's change is a
-  change of the pool, so a restarted engine wakes the runner like a restarted single one;
+- `serial`: goes up at every change of any engine (followed from `start()` on) and of the
+  pool's own (a failed start, closing), so that a restarted engine wakes the runner like a
+  restarted single one;
 - `since`: ready, the earliest of the ready engines' `since`; otherwise the latest change;
 - `ready`/`last_ready`: one `Ready` for all (capacity summed, the devices listed);
 - `restarts` summed; `last_error` the newest of any engine, prefixed with its device.
@@ -127,9 +128,12 @@ class EnginePool:
         self._starters: list[asyncio.Task[None]] = []
         self._closing = False
         self._closed_at = 0.0
-        #: Pool-level changes (closing; a start attempt that failed) on top of the engines'.
-        self._own_serial = 0
+        #: Goes up at every change of an engine's status or of the pool's (`status.serial`).
+        self._serial = 0
         self._changed = asyncio.Event()
+        #: One task per engine that follows its status (in the pool's tasks, not the
+        #: caller's, so that `wait_status_change` waits on a single event).
+        self._followers: list[asyncio.Task[None]] = []
 
     # ---- state -------------------------------------------------------------------------
 
@@ -142,7 +146,7 @@ class EnginePool:
     def status(self) -> EngineStatus:
         """The engines' statuses combined by the rule in the module docstring."""
         statuses = {name: engine.status for name, engine in self.engines.items()}
-        serial = self._own_serial + sum(s.serial for s in statuses.values())
+        serial = self._serial
         if self._closing:
             state, since = EngineState.CLOSED, self._closed_at
         else:
@@ -169,18 +173,11 @@ class EnginePool:
         return self.status.state
 
     async def wait_status_change(self, after: int) -> EngineStatus:
-        """The status once its `serial` is past `after`: any engine's change, or the pool's."""
-        while (status := self.status).serial <= after:
-            waits: list[asyncio.Future[object]] = [
-                asyncio.ensure_future(engine.wait_status_change(engine.status.serial))
-                for engine in self.engines.values()]
-            waits.append(asyncio.ensure_future(self._changed.wait()))
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for wait in waits:
-                    wait.cancel()
-        return status
+        """The status once its `serial` is past `after`: any engine's change, or the pool's
+        (at once if it already is)."""
+        while self._serial <= after:
+            await self._changed.wait()
+        return self.status
 
     def free_capacity(self) -> int:
         """The engines' free places together."""
@@ -220,6 +217,9 @@ class EnginePool:
         if self._closing:
             raise EngineClosedError("the engine pool is closed")
         if not self._starters:
+            self._followers = [asyncio.create_task(self._follow(name),
+                                                   name=f"engine-pool-follow-{name}")
+                               for name in self.engines]
             self._starters = [asyncio.create_task(self._keep_starting(name),
                                                   name=f"engine-pool-start-{name}")
                               for name in self.engines]
@@ -273,16 +273,13 @@ class EnginePool:
         self._closing = True
         self._closed_at = self.clock()
         self._notify()
-        for task in self._starters:
-            task.cancel()
-        for task in self._starters:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._cancel(self._starters)
         results = await asyncio.gather(*(engine.close() for engine in self.engines.values()),
                                        return_exceptions=True)
         for name, result in zip(self.engines, results):
             if isinstance(result, BaseException):
                 log.error("the engine on %s did not close cleanly: %s", name, result)
+        await self._cancel(self._followers)
 
     # ---- internals ---------------------------------------------------------------------
 
@@ -319,8 +316,23 @@ class EnginePool:
             log.info("the engine on %s is ready", name)
             return
 
+    async def _follow(self, name: str) -> None:
+        engine = self.engines[name]
+        serial = engine.status.serial
+        while True:
+            serial = (await engine.wait_status_change(serial)).serial
+            self._notify()
+
+    @staticmethod
+    async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
     def _notify(self) -> None:
-        self._own_serial += 1
+        self._serial += 1
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
