@@ -72,6 +72,7 @@ DEFAULTS: dict[str, str] = {
     "CLIP_MODEL": "ViT-B/32",
     "MODEL_DIR": "./models",
     "DEVICE": "auto",
+    "ENGINE_DEVICES": "",
     "DATABASE_PATH": "./data/bot.sqlite3",
     "RESULTS_DIR": "./data/results",
     "DEFAULT_SIZE": "512x512",
@@ -119,6 +120,9 @@ class Settings:
     clip_model: str = DEFAULTS["CLIP_MODEL"]
     model_dir: Path = Path(DEFAULTS["MODEL_DIR"])
     device: Device = "auto"
+    #: One engine process per device (`cpu`, `cuda`, `cuda:N`), jobs spread over them; empty
+    #: = one engine on DEVICE. See `bot.engine_pool`.
+    engine_devices: tuple[str, ...] = ()
     database_path: Path = Path(DEFAULTS["DATABASE_PATH"])
     results_dir: Path = Path(DEFAULTS["RESULTS_DIR"])
     default_size: tuple[int, int] = (512, 512)  # (width, height)
@@ -231,6 +235,7 @@ def load_settings(
     clip_model = parser.text("CLIP_MODEL")
     model_dir = parser.directory("MODEL_DIR")
     device = parser.device("DEVICE")
+    engine_devices = parser.engine_devices("ENGINE_DEVICES")
     database_path = parser.file_path("DATABASE_PATH")
     results_dir = parser.directory("RESULTS_DIR")
     default_size, max_size = parser.size("DEFAULT_SIZE"), parser.size("MAX_SIZE")
@@ -249,6 +254,7 @@ def load_settings(
     engine_backend = parser.engine_backend("ENGINE_BACKEND")
     redis_url = parser.redis_url("REDIS_URL", needed=engine_backend == "redis")
     redis_prefix = parser.redis_prefix("REDIS_PREFIX")
+    parser.devices_are_local(engine_devices, engine_backend)
     vqgan_config, vqgan_checkpoint = parser.vqgan_files()
     parser.clip_path(clip_model, model_dir)
     parser.not_above("DEFAULT_ITERATIONS", default_iterations, "MAX_ITERATIONS", max_iterations)
@@ -257,7 +263,8 @@ def load_settings(
     settings = Settings(
         discord_token=token, dev_guild_id=dev_guild_id, vqgan_model=vqgan_model,
         vqgan_config=vqgan_config, vqgan_checkpoint=vqgan_checkpoint, clip_model=clip_model,
-        model_dir=model_dir, device=device, database_path=database_path, results_dir=results_dir,
+        model_dir=model_dir, device=device, engine_devices=engine_devices,
+        database_path=database_path, results_dir=results_dir,
         default_size=default_size, max_size=max_size, default_iterations=default_iterations,
         max_iterations=max_iterations, default_cutn=default_cutn, max_cutn=max_cutn,
         progress_interval=progress_interval, default_daily_quota=default_daily_quota,
@@ -464,6 +471,40 @@ class _Parser:
             self._fail(name, str(error))
             return DEFAULTS[name]
 
+    def engine_devices(self, name: str) -> tuple[str, ...]:
+        """ENGINE_DEVICES: the devices `--device` takes one at a time, minus `auto`, which
+        could name the same GPU twice. Checked here so that a typo is told at start-up
+        with the other settings, not as an engine that cannot start."""
+        value, given = self._raw(name)
+        if not given:
+            return ()
+        devices = [part.strip().lower() for part in value.split(",")]
+        if any(not device for device in devices):
+            self._fail(name, f"{value!r} has an empty entry; list devices separated by "
+                             f"commas, e.g. {name}=cuda:0,cuda:1")
+            return ()
+        bad = [device for device in devices if not re.fullmatch(r"cpu|cuda(:\d{1,3})?", device)]
+        if bad:
+            self._fail(name, f"{', '.join(map(repr, bad))} is not a device; list cpu, cuda or "
+                             f"cuda:N (N the GPU's number, from 0), e.g. {name}=cuda:0,cuda:1, "
+                             f"or leave {name} empty for one engine on DEVICE")
+            return ()
+        # cuda is cuda:0 to torch: the two would load the same GPU twice.
+        gpus = ["cuda:0" if device == "cuda" else device for device in devices]
+        repeated = sorted({d for d, gpu in zip(devices, gpus) if gpus.count(gpu) > 1})
+        if repeated:
+            self._fail(name, f"{', '.join(repeated)} named more than once (cuda is cuda:0); "
+                             "list each device once: one engine runs on each")
+            return ()
+        return tuple(devices)
+
+    def devices_are_local(self, devices: tuple[str, ...], backend: EngineBackend) -> None:
+        if devices and backend == "redis":
+            self._fail("ENGINE_DEVICES",
+                       "is set, but ENGINE_BACKEND=redis starts no engine here; leave "
+                       "ENGINE_DEVICES empty and run one remote worker per GPU "
+                       "(`vqgan-clip worker --redis --device cuda:N`), or set ENGINE_BACKEND=local")
+
     def device(self, name: str) -> Device:
         return _DEVICE_NAMES[self.choice(name, DEVICES, lower=True)]
 
@@ -593,6 +634,8 @@ def format_settings(settings: Settings) -> str:
             shown = "<hidden>"
         elif value is None and name == "ENGINE_BATCH":
             shown = "auto"
+        elif name == "ENGINE_DEVICES":
+            shown = ",".join(value)
         elif isinstance(value, RedisTarget):
             shown = value.shown()  # the password as ***
         elif value is None:

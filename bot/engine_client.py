@@ -109,11 +109,12 @@ def worker_command(
     return command
 
 
-def worker_command_for(settings: Settings) -> list[str]:
-    """`worker_command` from the bot's `Settings`."""
+def worker_command_for(settings: Settings, device: str | None = None) -> list[str]:
+    """`worker_command` from the bot's `Settings`; `device` (one of ENGINE_DEVICES) in place
+    of DEVICE."""
     return worker_command(
         vqgan=settings.vqgan_model, clip=settings.clip_model, model_dir=settings.model_dir,
-        device=settings.device, vqgan_config=settings.vqgan_config,
+        device=device or settings.device, vqgan_config=settings.vqgan_config,
         vqgan_checkpoint=settings.vqgan_checkpoint, log_level=settings.log_level,
         # The bot checked uploads against the same limit: the engine refuses nothing it queued.
         max_image_bytes=settings.max_image_bytes,

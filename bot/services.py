@@ -17,6 +17,7 @@ from typing import Protocol
 
 from bot.config import Settings
 from bot.engine_client import EngineClient, worker_command_for
+from bot.engine_pool import EnginePool
 from bot.engine_status import EngineStatus
 from bot.job_messages import JobMessages
 from bot.jobs import RunningJob as RunningJob  # plain data, kept importable from here
@@ -31,8 +32,9 @@ log = logging.getLogger(__name__)
 
 class Engine(Protocol):
     """What the bot needs of the engine: `bot.engine_client.EngineClient` (the local engine
-    process) and `bot.redis_backend.RedisBackend` (remote workers) are the real ones;
-    `build_engine` picks one from ENGINE_BACKEND.
+    process), `bot.engine_pool.EnginePool` (one engine process per device of ENGINE_DEVICES)
+    and `bot.redis_backend.RedisBackend` (remote workers) are the real ones; `build_engine`
+    picks one from ENGINE_BACKEND and ENGINE_DEVICES.
 
     Its behaviour, which `tests/bot/fake_engine.py` models too: `start` raises while the
     engine cannot start (the state is then `down`, `last_error` says why); a job submitted
@@ -78,9 +80,11 @@ def worker_environment() -> dict[str, str]:
 
 
 def build_engine(settings: Settings) -> Engine:
-    """The engine ENGINE_BACKEND names, not started. For `redis`, the workers must run the
-    bot's models: a VQGAN or CLIP given as files is checked by nobody (a worker's Ready
-    carries whatever name it was started with), a named one must match."""
+    """The engine ENGINE_BACKEND names, not started: for `local`, one engine process per
+    device of ENGINE_DEVICES (a pool when there are several), else one on DEVICE. For
+    `redis`, the workers must run the bot's models: a VQGAN or CLIP given as files is
+    checked by nobody (a worker's Ready carries whatever name it was started with), a named
+    one must match."""
     if settings.engine_backend == "redis":
         # Imported here: only this backend needs the Redis client.
         from bot.redis_backend import RedisBackend
@@ -94,6 +98,14 @@ def build_engine(settings: Settings) -> Engine:
             None if settings.clip_model_is_path else settings.clip_model)
         return RedisBackend(settings.redis_url, layout=RedisLayout(settings.redis_prefix),
                             expect=expect)
+    devices = settings.engine_devices
+    if len(devices) >= 2:
+        return EnginePool({device: EngineClient(worker_command_for(settings, device),
+                                                env=worker_environment(), name=device)
+                           for device in devices})
+    if devices:
+        return EngineClient(worker_command_for(settings, devices[0]), env=worker_environment(),
+                            name=devices[0])
     return EngineClient(worker_command_for(settings), env=worker_environment())
 
 

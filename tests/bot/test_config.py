@@ -192,6 +192,49 @@ def test_a_bad_engine_batch_names_the_range_and_how_to_turn_batching_off() -> No
     assert f"{AUTO_BATCH_CUDA} on a GPU" in problem
 
 
+def test_engine_devices_is_empty_by_default_one_engine_on_device() -> None:
+    assert load_settings(None, {"DISCORD_TOKEN": FAKE_TOKEN}).engine_devices == ()
+
+
+def test_engine_devices_lists_each_device_lowercased_without_spaces() -> None:
+    settings = load_settings(None, {"DISCORD_TOKEN": FAKE_TOKEN, "ENGINE_DEVICES": "CUDA:0, cuda:1"})
+    assert settings.engine_devices == ("cuda:0", "cuda:1")
+
+
+def test_engine_devices_is_shown_comma_separated_by_check_config() -> None:
+    settings = load_settings(None, {"DISCORD_TOKEN": FAKE_TOKEN, "ENGINE_DEVICES": "cuda:0,cpu"})
+    assert "ENGINE_DEVICES=cuda:0,cpu" in format_settings(settings).splitlines()
+
+
+def test_a_bad_engine_device_is_named_with_the_devices_it_may_be() -> None:
+    (problem,) = problems_for({"ENGINE_DEVICES": "cuda:0,gpu1"})
+    assert problem.startswith("ENGINE_DEVICES: ") and "'gpu1'" in problem
+    assert "cuda:N" in problem and "ENGINE_DEVICES=cuda:0,cuda:1" in problem
+
+
+def test_engine_devices_refuses_auto_which_could_be_a_listed_gpu_again() -> None:
+    (problem,) = problems_for({"ENGINE_DEVICES": "auto,cuda:1"})
+    assert "'auto' is not a device" in problem
+
+
+def test_an_empty_entry_in_engine_devices_is_a_problem() -> None:
+    (problem,) = problems_for({"ENGINE_DEVICES": "cuda:0,,cuda:1"})
+    assert "empty entry" in problem
+
+
+@pytest.mark.parametrize("value", ["cuda:1,cuda:1", "cuda,cuda:0"])
+def test_a_device_named_twice_in_engine_devices_is_a_problem(value: str) -> None:
+    (problem,) = problems_for({"ENGINE_DEVICES": value})
+    assert "more than once" in problem and "cuda is cuda:0" in problem
+
+
+def test_engine_devices_with_the_redis_backend_says_to_run_one_worker_per_gpu() -> None:
+    (problem,) = problems_for({"ENGINE_DEVICES": "cuda:0,cuda:1", "ENGINE_BACKEND": "redis",
+                               "REDIS_URL": "redis://bot:pw-7@127.0.0.1:6379/0"})
+    assert problem.startswith("ENGINE_DEVICES: ") and "ENGINE_BACKEND=redis" in problem
+    assert "--device cuda:N" in problem
+
+
 @pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), ("ON", "on"), ("off", "off")])
 def test_engine_compile_is_auto_on_or_off_in_any_case(value: str, expected: str) -> None:
     settings = load_settings(None, {"DISCORD_TOKEN": FAKE_TOKEN, "ENGINE_COMPILE": value})
