@@ -125,6 +125,8 @@ class Worker:
         self._stopping = False
         self._exit_code = 0
         self._failed = False  # a job failed since memory was last given back
+        # Jobs ended in this serve step, and the messages that end them (main thread only).
+        self._ended: list[tuple[_Live, p.Done | p.Failed | p.Cancelled]] = []
 
     # ---- main thread -------------------------------------------------------------------
 
@@ -160,7 +162,10 @@ class Worker:
                 live.events.end(error)
         if self.runner.busy:
             self._step()
+        # Memory first, then the failures: a bot that sends its next job as soon as it reads
+        # `failed` must find the memory of the job that failed given back.
         self._give_back_memory()
+        self._send_ended()
         return True
 
     def _next_to_start(self) -> _Live | None:
@@ -212,9 +217,9 @@ class Worker:
             del outcome
             if isinstance(message, p.Failed):
                 self._failed = True
-            self._out.send(message)
-            with self._cond:
-                self._live.pop(live.submit.job, None)
+            # Sent by `_send_ended` at the end of this serve step, after memory was given
+            # back: the bot may send its next job as soon as it reads the failure.
+            self._ended.append((live, message))
 
         return JobEvents(progress, end, live.cancel.is_set)
 
@@ -228,6 +233,16 @@ class Worker:
             self.runner.free_memory()
         except Exception:
             log.exception("freeing memory failed")
+
+    def _send_ended(self) -> None:
+        """The messages that end the jobs that ended in this serve step, in the order they
+        ended. Only now does a job leave `_live`: until its end is sent, a `submit` of the
+        same id is refused and a `cancel` finds it running (its own end answers it)."""
+        ended, self._ended = self._ended, []
+        for live, message in ended:
+            self._out.send(message)
+            with self._cond:
+                self._live.pop(live.submit.job, None)
 
     # ---- reader thread -----------------------------------------------------------------
 

@@ -253,6 +253,45 @@ def test_out_of_memory_fails_the_job_with_the_size_frees_memory_and_keeps_servin
     assert worker.recv_until(lambda m: isinstance(m, p.Done))[-1].job == "next"
 
 
+class _RecordingOutput(io.BytesIO):
+    """The worker's frame stream, kept in memory so a test can see what was sent when."""
+
+    def sent(self) -> list[p.Message]:
+        stream = io.BytesIO(self.getvalue())
+        messages = []
+        while (message := p.read_message(stream)) is not None:
+            messages.append(message)
+        return messages
+
+
+def test_memory_is_given_back_before_the_failure_is_sent():
+    """The bot sends its next job as soon as it reads `failed`: by then the memory of the job
+    that ran out of it must be free. What had been sent when `free_memory` ran is recorded
+    in the worker's own thread, so no scheduling of the test's threads can hide the order."""
+    out = _RecordingOutput()
+    sent_when_freed: list[list[p.Message]] = []
+    freed = threading.Event()
+
+    class Runner(ScriptedRunner):
+        def free_memory(self) -> None:
+            super().free_memory()
+            sent_when_freed.append(out.sent())
+            freed.set()
+
+    to_worker_r, to_worker_w = os.pipe()
+    with os.fdopen(to_worker_r, "rb") as frames_in, os.fdopen(to_worker_w, "wb") as writer:
+        worker = Worker(Runner(), frames_in, out)
+        thread = threading.Thread(target=worker.serve, daemon=True)
+        thread.start()
+        p.write_message(writer, submit("big", "oom"))
+        assert freed.wait(TIMEOUT), "memory was never given back"
+    thread.join(TIMEOUT)
+    assert not thread.is_alive(), "worker did not exit"
+    (before,) = sent_when_freed
+    assert [type(m) for m in before] == [p.Ready, p.Started]
+    assert [type(m) for m in out.sent()] == [p.Ready, p.Started, p.Failed]
+
+
 def test_an_unexpected_exception_fails_only_that_job(worker):
     worker.send(submit("bug", "boom"))
     worker.send(submit("fine", progress_every=0))
