@@ -544,13 +544,7 @@ class RedisBackend:
         log.error("remote workers: %s is dead: %s; %d started job(s) fail as an engine crash",
                   name, why, len(started))
         self._record_error(f"worker {name} died: {why}")
-        for job in started:
-            entry, run = job.entry, job.run
-            self._crashed(job)
-            with contextlib.suppress(*UNREACHABLE, RedisError):
-                await self._drop_entry(entry)
-                if run is not None:
-                    await self._control(name, p.Cancel(job.id), run)
+        await self._fail_started(name, started)
         # Its claimed entries, started or not, whoever's they are.
         with contextlib.suppress(ResponseError):
             pending = await self.client.xpending_range(
@@ -571,6 +565,11 @@ class RedisBackend:
         self.workers_lost += 1
         log.error("remote workers: %s restarted; %d job(s) it had started fail as an engine "
                   "crash", name, len(started))
+        await self._fail_started(name, started)
+
+    async def _fail_started(self, name: str, started: list[_Job]) -> None:
+        """Started jobs of a worker that died fail as an engine crash; their entries go, and
+        the worker (should it still run them) is told to cancel."""
         for job in started:
             entry, run = job.entry, job.run
             self._crashed(job)
