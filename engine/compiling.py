@@ -11,9 +11,9 @@ on the cutouts), as the loop calls them. The cutouts stay eager (kornia draws it
 parameters on the host, per job, from the job's own seed), and so do the loss and Adam
 (fused into one kernel on CUDA already).
 
-- `ENGINE_COMPILE` (`vqgan-clip worker --compile`): `auto` compiles on CUDA only, where it
-  pays; `on` compiles on any device (on the CPU with inductor's C++ code, no CUDA graphs);
-  `off` never does.
+- `ENGINE_COMPILE` (`vqgan-clip worker --compile`): `auto` compiles on CUDA only, where the
+  loop is launch-bound; `on` compiles on any device (on the CPU with inductor's C++ code,
+  no CUDA graphs: minutes of warm-up per shape, and a C++ compiler); `off` never does.
 - Shapes: compiling is lazy, once per new input shape (a batch of B jobs at one size is one
   shape). torch's automatic dynamic shapes compile a second shape with dynamic sizes, so
   later shapes reuse it; CUDA graphs are recorded per shape, which is cheap next to

@@ -61,7 +61,10 @@ MAX_BATCH = MAX_CAPACITY
 BATCH_AUTO = "auto"
 BatchSetting = Union[int, str]  # 1..MAX_BATCH, or BATCH_AUTO
 DEFAULT_BATCH: BatchSetting = BATCH_AUTO
-#: What `auto` means on each device (engine.batching.capacity_for), from bench/benchmark.py.
+#: What `auto` means on each device (engine.batching.capacity_for). The CPU: one at a time,
+#: as on a quiet CPU a batch computed no faster per image (bench/benchmark.py), so each job
+#: gets its result sooner. CUDA: 4, where one job leaves the GPU mostly idle; not measured
+#: yet (docs/ARCHITECTURE.md, "Several jobs at once"); the memory guard keeps it in memory.
 AUTO_BATCH_CPU = 1
 AUTO_BATCH_CUDA = 4
 
@@ -80,6 +83,6 @@ def parse_batch(text: str) -> BatchSetting:
 
 
 #: `ENGINE_COMPILE` (`vqgan-clip worker --compile`): compile the loop (engine/compiling.py).
-#: `auto` compiles on CUDA, where it pays; `on` on any device; `off` never.
+#: `auto` compiles on CUDA, where the loop is launch-bound; `on` on any device; `off` never.
 COMPILE_MODES = ("auto", "off", "on")
 DEFAULT_COMPILE = "auto"
