@@ -54,7 +54,7 @@ from typing import Any
 
 from bot import render
 from bot.config import Settings
-from bot.engine_status import EngineState, EngineStatus
+from bot.engine_status import EngineState, EngineStatus, StatusChanges
 from bot.worker_status import WorkerState, WorkerStatus
 from engine import protocol as p
 
@@ -224,8 +224,7 @@ class EngineClient:
         self.last_error_at: float | None = None
         self._state = EngineState.NOT_STARTED
         self._since = clock()
-        self._serial = 0
-        self._changed = asyncio.Event()   # replaced at every change: see `_set_state`
+        self._changes = StatusChanges()
         self._last_ready: p.Ready | None = None
         self._jobs: dict[str, _Job] = {}   # insertion order = submission order
         self._worker: _Worker | None = None
@@ -282,7 +281,7 @@ class EngineClient:
     def status(self) -> EngineStatus:
         """A snapshot of the state, the live and last `ready`, restarts and the last error."""
         return EngineStatus(
-            state=self._state, since=self._since, serial=self._serial,
+            state=self._state, since=self._since, serial=self._changes.serial,
             ready=self.ready_info, last_ready=self._last_ready,
             last_error=self.last_error, last_error_at=self.last_error_at,
             restarts=self.restarts,
@@ -294,8 +293,7 @@ class EngineClient:
         Passing the serial last seen loses no change that happened in between; several
         changes while nobody looked come back as one (the newest) status.
         """
-        while self._serial <= after:
-            await self._changed.wait()
+        await self._changes.wait_past(after)
         return self.status
 
     async def start(self) -> p.Ready:
@@ -684,9 +682,7 @@ class EngineClient:
         log.info("engine state: %s -> %s", self._state.value, state.value)
         self._state = state
         self._since = self.clock()
-        self._serial += 1
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        self._changes.bump()
 
     def _record_error(self, text: str) -> None:
         self.last_error = text

@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Protocol
 
 from bot.engine_client import EngineClosedError, EngineStartError
-from bot.engine_status import EngineState, EngineStatus
+from bot.engine_status import EngineState, EngineStatus, StatusChanges
 from bot.worker_status import WorkerState, WorkerStatus
 from engine import protocol as p
 
@@ -129,8 +129,7 @@ class EnginePool:
         self._closing = False
         self._closed_at = 0.0
         #: Goes up at every change of an engine's status or of the pool's (`status.serial`).
-        self._serial = 0
-        self._changed = asyncio.Event()
+        self._changes = StatusChanges()
         #: One task per engine that follows its status (in the pool's tasks, not the
         #: caller's, so that `wait_status_change` waits on a single event).
         self._followers: list[asyncio.Task[None]] = []
@@ -146,7 +145,7 @@ class EnginePool:
     def status(self) -> EngineStatus:
         """The engines' statuses combined by the rule in the module docstring."""
         statuses = {name: engine.status for name, engine in self.engines.items()}
-        serial = self._serial
+        serial = self._changes.serial
         if self._closing:
             state, since = EngineState.CLOSED, self._closed_at
         else:
@@ -175,8 +174,7 @@ class EnginePool:
     async def wait_status_change(self, after: int) -> EngineStatus:
         """The status once its `serial` is past `after`: any engine's change, or the pool's
         (at once if it already is)."""
-        while self._serial <= after:
-            await self._changed.wait()
+        await self._changes.wait_past(after)
         return self.status
 
     def free_capacity(self) -> int:
@@ -332,9 +330,7 @@ class EnginePool:
                 await task
 
     def _notify(self) -> None:
-        self._serial += 1
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        self._changes.bump()
 
     @staticmethod
     def _combined(readies: Mapping[str, p.Ready | None]) -> p.Ready | None:

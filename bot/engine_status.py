@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -43,3 +44,24 @@ class EngineStatus:
     last_error_at: float | None
     #: Workers started again after one died.
     restarts: int
+
+
+class StatusChanges:
+    """How every engine backend tells of a status change: a serial that counts changes, and
+    one event per serial, so that a waiter that passes the serial it last saw misses
+    nothing, and several changes while nobody looked wake it once."""
+
+    def __init__(self) -> None:
+        self.serial = 0
+        self._changed = asyncio.Event()  # replaced at every change
+
+    def bump(self) -> None:
+        """One change: wake everyone waiting."""
+        self.serial += 1
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_past(self, after: int) -> None:
+        """Return once `serial` is past `after` (at once if it already is)."""
+        while self.serial <= after:
+            await self._changed.wait()

@@ -59,7 +59,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bot import render
 from bot.engine_client import EngineClosedError, EngineStartError
-from bot.engine_status import EngineState, EngineStatus
+from bot.engine_status import EngineState, EngineStatus, StatusChanges
 from bot.redis_workers import Verdict, WorkerBook
 from bot.worker_status import WorkerStatus
 from engine import protocol as p
@@ -193,8 +193,7 @@ class RedisBackend:
         self._since = clock()
         #: The `ready_info` the last status change told of (a new one is a change too).
         self._ready_told: p.Ready | None = None
-        self._serial = 0
-        self._changed = asyncio.Event()
+        self._changes = StatusChanges()
         self._jobs: dict[str, _Job] = {}   # insertion order = submission order
         self._by_entry: dict[str, _Job] = {}
         self._by_events: dict[str, _Job] = {}
@@ -254,14 +253,13 @@ class RedisBackend:
     def status(self) -> EngineStatus:
         """As EngineClient's; `restarts` counts the workers declared dead."""
         return EngineStatus(
-            state=self._state, since=self._since, serial=self._serial, ready=self.ready_info,
+            state=self._state, since=self._since, serial=self._changes.serial, ready=self.ready_info,
             last_ready=self._book.last_ready, last_error=self.last_error,
             last_error_at=self.last_error_at, restarts=self.workers_lost)
 
     async def wait_status_change(self, after: int) -> EngineStatus:
         """The status once its `serial` is past `after` (at once if it already is)."""
-        while self._serial <= after:
-            await self._changed.wait()
+        await self._changes.wait_past(after)
         return self.status
 
     async def start(self) -> p.Ready:
@@ -281,7 +279,7 @@ class RedisBackend:
             for task in self._tasks:
                 task.add_done_callback(self._task_ended)
         deadline = time.monotonic() + self.ready_timeout
-        serial = self._serial
+        serial = self._changes.serial
         while (ready := self.ready_info) is None:
             left = deadline - time.monotonic()
             if left <= 0 or self._closing:
@@ -931,9 +929,7 @@ class RedisBackend:
 
     def _notify(self) -> None:
         """Wake `wait_status_change`: the state, or what is live, changed."""
-        self._serial += 1
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        self._changes.bump()
 
     def _record_error(self, text: str) -> bool:
         """Keep `text` as the last error; whether it is new (worth logging)."""
