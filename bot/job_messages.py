@@ -20,27 +20,38 @@ What the waiting messages claim. `bot.queue_notes` writes waiting jobs' queue no
 (`show_note`); every other write replaces a note. This module remembers which note each
 message shows, once the write is done, so the queue notes never give a place that another
 message still shows (`claims`). Writes to one message are made one at a time, in order.
+
+The pace. Every message this module sends or edits goes through one per-channel pace
+(`bot.pacing.ChannelPace`, `self.pace`): a new job's message, its state changes, result and
+failure wait for room (`turn`); a progress edit is skipped when there is none (the runner
+asks `has_room_for_progress` first and shows a later one); queue notes wait for their own
+smaller share. The wait is `client.wait_for(PACE_EVENT, timeout=...)`, an event nothing
+dispatches: under SimCord, a wait the simulated clock controls, as the queue notes' is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import discord
 
 from bot import render
 from bot.jobs import ENGINE_DOWN_NOTE, Job, QueueNote
+from bot.pacing import ChannelPace, Write
 
 log = logging.getLogger(__name__)
 
 ViewFactory = Callable[[str], discord.ui.View]
 #: A failed job's buttons (Retry), or None for none.
 FailureViewFactory = Callable[[Job], discord.ui.View | None]
+#: The discord.py custom event a write waiting for the channel's pace waits on (its timeout).
+PACE_EVENT = "vqc_channel_pace"
 
 
 def notify_requester(job: Job) -> discord.AllowedMentions:
@@ -55,8 +66,11 @@ class JobMessages:
     not cost the picture)."""
 
     def __init__(self, client: discord.Client, *, progress_view: ViewFactory,
-                 result_view: ViewFactory, failure_view: FailureViewFactory | None = None) -> None:
+                 result_view: ViewFactory, failure_view: FailureViewFactory | None = None,
+                 pace: ChannelPace | None = None) -> None:
         self.client = client
+        #: The one pace of every message write in a channel (`bot.pacing`).
+        self.pace = pace or ChannelPace()
         self.progress_view = progress_view
         self.result_view = result_view
         self.failure_view: FailureViewFactory = failure_view or (lambda job: None)
@@ -100,16 +114,17 @@ class JobMessages:
         """A waiting job's place and time, or that the engine is down (`bot.queue_notes`)."""
         embed = (render.waiting_for_engine_embed(job) if note.engine_down
                  else render.queued_embed(job, note.position, note.ready_at))
-        return await self.edit(job, note=note, embed=embed)
+        return await self.edit(job, note=note, kind=Write.QUEUE, embed=embed)
 
     # ------------------------------------------------------------------ the job's states
 
     async def post(self, channel: discord.abc.Messageable, job: Job) -> discord.Message:
         """Post a new job's message (raises `discord.HTTPException`: the caller refuses the
         job then, since nobody could follow or cancel it)."""
-        return await channel.send(content=render.requester_content(job),
-                                  embed=render.queued_embed(job, None, None),
-                                  view=self.progress_view(job.id))
+        with self.pace.writing(job.channel_id, Write.NEEDED):  # counted, never delayed: see `turn`
+            return await channel.send(content=render.requester_content(job),
+                                      embed=render.queued_embed(job, None, None),
+                                      view=self.progress_view(job.id))
 
     async def engine_down(self, job: Job) -> bool:
         return await self.show_note(job, ENGINE_DOWN_NOTE)
@@ -117,15 +132,20 @@ class JobMessages:
     async def started(self, job: Job) -> bool:
         return await self.edit(job, embed=render.started_embed(job), view=self.progress_view(job.id))
 
+    def has_room_for_progress(self, job: Job) -> bool:
+        """Whether the job's channel has room for a progress edit now (else it is skipped)."""
+        return self.pace.delay(job.channel_id, Write.PROGRESS) <= 0
+
     async def progress(self, job: Job, iteration: int, total: int, eta: float | None,
                        preview: bytes | None) -> bool:
+        """Show the job's progress; False if it could not, or the pace had no room for it."""
         fields: dict[str, Any] = {}
         preview_name = None
         if preview:
             preview_name = f"preview-{job.id}-{iteration}.jpg"
             fields["attachments"] = [discord.File(io.BytesIO(preview), filename=preview_name)]
         fields["embed"] = render.progress_embed(job, iteration, total, eta, preview_name)
-        return await self.edit(job, **fields)
+        return await self.edit(job, kind=Write.PROGRESS, **fields)
 
     async def result(self, job: Job, *, png: bytes, name: str, seed: int, seconds: float,
                      width: int, height: int) -> int | None:
@@ -164,6 +184,19 @@ class JobMessages:
 
     # ------------------------------------------------------------------ writing
 
+    @contextlib.asynccontextmanager
+    async def turn(self, channel_id: int, kind: Write = Write.NEEDED) -> AsyncIterator[None]:
+        """Wait until the channel's pace has room for a write of `kind`, then hold its
+        place while the block makes it (one request). No await between the last look at
+        the pace and taking the place: nothing can take it in between."""
+        if self.pace.delay(channel_id, kind) > 0:
+            with self.pace.waiting(channel_id) if kind is Write.NEEDED else contextlib.nullcontext():
+                while (delay := self.pace.delay(channel_id, kind)) > 0:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await self.client.wait_for(PACE_EVENT, timeout=delay)
+        with self.pace.writing(channel_id, kind):
+            yield
+
     def _channel(self, job: Job) -> discord.PartialMessageable:
         return self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
 
@@ -180,19 +213,23 @@ class JobMessages:
         else:
             self._notes[job_id] = note
 
-    async def edit(self, job: Job, *, note: QueueNote | None = None, **fields: Any) -> bool:
-        """Edit the job's message (showing `note`, if it is a queue note); False (logged) if
-        it has none or the edit failed."""
+    async def edit(self, job: Job, *, note: QueueNote | None = None, kind: Write = Write.NEEDED,
+                   **fields: Any) -> bool:
+        """Edit the job's message (showing `note`, if it is a queue note), paced as `kind`;
+        False (logged) if it has none or the edit failed, or a progress edit found no room."""
         async with self._lock(job.id):
-            done = await self._edit_now(job, fields)
+            if kind is Write.PROGRESS and not self.has_room_for_progress(job):
+                return False
+            done = await self._edit_now(job, fields, kind)
             self._shows(job.id, note if done else None)
             return done
 
-    async def _edit_now(self, job: Job, fields: dict[str, Any]) -> bool:
+    async def _edit_now(self, job: Job, fields: dict[str, Any], kind: Write = Write.NEEDED) -> bool:
         if job.progress_message_id is None or job.progress_message_id in self._deleted:
             return False
         try:
-            await self._channel(job).get_partial_message(job.progress_message_id).edit(**fields)
+            async with self.turn(job.channel_id, kind):
+                await self._channel(job).get_partial_message(job.progress_message_id).edit(**fields)
             return True
         except asyncio.CancelledError:
             raise
@@ -213,8 +250,9 @@ class JobMessages:
         (without a notification). Returns the id of the message that shows it."""
         async with self._lock(job.id):
             try:
-                message = await self._channel(job).send(
-                    content=content, allowed_mentions=notify_requester(job), **make_fields())
+                async with self.turn(job.channel_id):
+                    message = await self._channel(job).send(
+                        content=content, allowed_mentions=notify_requester(job), **make_fields())
             except asyncio.CancelledError:
                 raise
             except Exception as error:

@@ -1,83 +1,165 @@
-"""How fast the bot edits waiting jobs' messages: at most `QUEUE_EDITS_PER_WINDOW` edits in
-any `QUEUE_EDIT_WINDOW` seconds per channel.
+"""How fast the bot writes in a channel: at most `WRITES_PER_WINDOW` message sends and edits
+in any `WRITE_WINDOW` seconds per channel, of which at most `QUEUE_EDITS_PER_WINDOW` are
+edits of waiting jobs' messages. Every message the bot writes in a channel goes through this
+one pace (`ChannelPace`, held by `bot.job_messages.JobMessages`).
 
 Why these numbers. Discord counts message creates and edits in one channel against one
 per-channel limit (5 per 5 s, as bots observe it: Discord publishes the mechanism,
 per-route buckets keyed by channel, not the numbers, and asks clients to read its rate
-limit headers, which discord.py does: it waits, it does not fail). The running job's
-progress edits (one per PROGRESS_INTERVAL, 5 s by default), its result, and the messages
-of newly queued jobs share that limit, and they matter more than a waiting job's "#7":
-queue edits take at most two of the five, so they never make a result wait. A queue of
-30 in one channel then takes about a minute to renumber after a move, less than one
-image takes on a GPU. Edits to messages older than an hour have a further limit of their
-own (error 30046); such an edit that Discord refuses is logged and tried again at the
-next move of the queue.
+limit headers, which discord.py does: it waits, it does not fail). Relying on discord.py's
+waits alone is not enough: many short jobs in one channel (the soak, bench/soak.py, saw 158
+writes in one channel-minute) would spend the bot's time in 429s, which Discord counts
+against the bot, and a job's result would queue behind previews nobody needs any more. So
+the bot keeps inside the limit itself, and decides what matters when it cannot say it all:
+
+- `Write.NEEDED` (a new job's message, its "Starting", its result or failure, a cancel, a
+  timelapse): never dropped; it waits for room, and while it waits, nothing skippable is
+  written in that channel.
+- `Write.PROGRESS` (a running job's progress and preview): skipped when there is no room;
+  the runner shows the next one instead (a preview is only worth showing fresh). It also
+  leaves `RESERVED_FOR_NEEDED` of the five free, so a result seldom waits at all.
+- `Write.QUEUE` (a waiting job's "#7", `bot.queue_notes`): like progress, and at most
+  `QUEUE_EDITS_PER_WINDOW` in a window. Queue notes are chosen afresh from the queue at
+  each edit, so moves faster than the pace are skipped, not queued up. A queue of 30 in
+  one channel then takes about a minute to renumber after a move, less than one image
+  takes on a GPU. Edits to messages older than an hour have a further limit of their own
+  (error 30046); such an edit that Discord refuses is logged and tried again at the next
+  move of the queue.
+
+Deletes (the progress message, once the result is posted) are not counted: Discord limits
+them in a bucket of their own. Interaction responses (answers to slash commands and
+buttons) go through the interaction's webhook, not the channel, and are not counted either.
+
+A write holds its place in the window from the moment it is allowed until its request is
+answered (`writing`), and counts from the answer: so however long a request takes, or
+however long discord.py waits inside it, no window ever sees more than the limit arrive.
 
 The limit holds across a restart too: a restarted bot does not know what the bot before it
-edited in its last seconds, so the queue notes of a bot that ran before (`QueueNotes.restore`
-finds jobs in the store) `hold()` their pace: every channel counts as full for one window
-and the first queue edit waits it out (the soak, bench/soak.py, saw 4 queue edits in 5 s
-where a restart fell between two pairs). A first start holds nothing.
+wrote in its last seconds, so the queue notes of a bot that ran before (`QueueNotes.restore`
+finds jobs in the store) `hold()` the pace: every channel counts as full for one window
+(the soak saw 4 queue edits in 5 s where a restart fell between two pairs). A first start
+holds nothing.
 
 A sliding window, not a token bucket: "no more than N in any W seconds" is the rule that
-is written in the docs and checked by the tests, word for word.
+is written in the docs and checked by the tests and the soak, word for word.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass
+from enum import Enum
 
-#: At most this many queue edits ...
-QUEUE_EDITS_PER_WINDOW = 2
+#: At most this many message sends and edits ...
+WRITES_PER_WINDOW = 5
 #: ... in any window of this many seconds, per channel.
-QUEUE_EDIT_WINDOW = 5.0
+WRITE_WINDOW = 5.0
+#: Of those, at most this many queue edits (waiting jobs' messages) ...
+QUEUE_EDITS_PER_WINDOW = 2
+#: ... in the same window.
+QUEUE_EDIT_WINDOW = WRITE_WINDOW
+#: Places in a window that skippable writes (progress, queue) leave to needed ones.
+RESERVED_FOR_NEEDED = 1
 
 
-class EditPacer:
-    """A sliding-window limit per key (a channel id): `delay(key)` says how long until one
-    more edit is allowed, `record(key)` counts one. Reads `time.monotonic()` on every call
-    (not a clock bound at import), so a simulated clock in tests is followed."""
+class Write(Enum):
+    """What a write is worth when the channel's pace has no room (module docstring)."""
 
-    def __init__(self, limit: int = QUEUE_EDITS_PER_WINDOW, window: float = QUEUE_EDIT_WINDOW) -> None:
-        if limit < 1 or window <= 0:
-            raise ValueError("a pace needs at least one edit in a window longer than 0 s")
+    NEEDED = "needed"
+    PROGRESS = "progress"
+    QUEUE = "queue"
+
+
+@dataclass
+class _Written:
+    queue: bool
+    #: When its request was answered; None while it is in flight (it counts as now).
+    at: float | None = None
+
+
+class ChannelPace:
+    """The sliding-window limit per key (a channel id): `delay(key, kind)` says how long
+    until one more write of that kind is allowed, `writing(key, kind)` holds a place while
+    it is made. Reads `time.monotonic()` on every call (not a clock bound at import), so a
+    simulated clock in tests is followed. Keeps only channels written in the last window."""
+
+    def __init__(self, limit: int = WRITES_PER_WINDOW, window: float = WRITE_WINDOW,
+                 queue_limit: int = QUEUE_EDITS_PER_WINDOW, reserved: int = RESERVED_FOR_NEEDED) -> None:
+        if limit < 1 or window <= 0 or not 1 <= queue_limit <= limit - reserved or reserved < 0:
+            raise ValueError("a pace needs room for a write of each kind in a window longer than 0 s")
         self.limit = limit
         self.window = window
-        self._sent: dict[Hashable, deque[float]] = {}
+        self.queue_limit = queue_limit
+        self.reserved = reserved
+        self._written: dict[Hashable, list[_Written]] = {}
+        #: Needed writes waiting for room, per key: skippable ones give way to them.
+        self._waiting: dict[Hashable, int] = {}
         #: Until then every channel counts as full (`hold`).
         self._held_until = float("-inf")
 
     def hold(self) -> None:
-        """Count every channel as full for one window from now: edits made just before,
+        """Count every channel as full for one window from now: writes made just before,
         by a bot this one replaces, are unknown (see the module docstring)."""
         self._held_until = time.monotonic() + self.window
 
-    def delay(self, key: Hashable) -> float:
-        """Seconds until an edit for `key` keeps within the limit; 0 = now."""
+    def delay(self, key: Hashable, kind: Write = Write.NEEDED) -> float:
+        """Seconds until a write of `kind` for `key` keeps within the limit; 0 = now. A
+        write in flight frees its place no sooner than one window from now."""
         now = time.monotonic()
         if now < self._held_until:
             return self._held_until - now
-        sent = self._sent.get(key)
-        if sent is None:
-            return 0.0
-        self._forget_before(sent, now - self.window)
-        if not sent:
-            del self._sent[key]  # channels come and go: keep only the busy ones
-        if len(sent) < self.limit:
-            return 0.0
-        return max(0.0, sent[0] + self.window - now)
+        written = self._current(key, now)
+        if kind is not Write.NEEDED and self._waiting.get(key):
+            return self.window  # a needed write goes first; its own wait is at most this
+        room = self.limit - (0 if kind is Write.NEEDED else self.reserved)
+        delay = self._until_fewer_than(room, written, now)
+        if kind is Write.QUEUE:
+            queue = [w for w in written if w.queue]
+            delay = max(delay, self._until_fewer_than(self.queue_limit, queue, now))
+        return delay
 
-    def record(self, key: Hashable) -> None:
-        """One edit for `key`, now."""
-        now = time.monotonic()
-        sent = self._sent.setdefault(key, deque())
-        self._forget_before(sent, now - self.window)
-        sent.append(now)
+    @contextlib.contextmanager
+    def writing(self, key: Hashable, kind: Write) -> Iterator[None]:
+        """Hold one place for `key` while a write is made (take it only once `delay` is 0:
+        nothing here refuses); it counts from when the block ends."""
+        entry = _Written(kind is Write.QUEUE)
+        self._written.setdefault(key, []).append(entry)
+        try:
+            yield
+        finally:
+            entry.at = time.monotonic()
 
-    @staticmethod
-    def _forget_before(sent: deque[float], start: float) -> None:
-        """Drop the edits outside the window (start, now]."""
-        while sent and sent[0] <= start:
-            sent.popleft()
+    @contextlib.contextmanager
+    def waiting(self, key: Hashable) -> Iterator[None]:
+        """A needed write for `key` is waiting for room: skippable ones hold back meanwhile."""
+        self._waiting[key] = self._waiting.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._waiting[key] - 1
+            if left:
+                self._waiting[key] = left
+            else:
+                del self._waiting[key]
+
+    def _current(self, key: Hashable, now: float) -> list[_Written]:
+        """The writes for `key` that count now (in flight, or answered within the window);
+        forgets the others, and the key once it has none."""
+        written = self._written.get(key)
+        if written is None:
+            return []
+        written[:] = [w for w in written if w.at is None or w.at > now - self.window]
+        if not written:
+            del self._written[key]  # channels come and go: keep only the busy ones
+        return written
+
+    def _until_fewer_than(self, room: int, written: list[_Written], now: float) -> float:
+        """Seconds until fewer than `room` of `written` count (in flight: a window from now)."""
+        excess = len(written) - room + 1
+        if excess <= 0:
+            return 0.0
+        frees = sorted((w.at if w.at is not None else now) + self.window for w in written)
+        return max(0.0, frees[excess - 1] - now)
+

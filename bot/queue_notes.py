@@ -14,7 +14,8 @@ writer of those messages; the job runner writes only the job it has taken.
   which reads the same for a smaller move, and a ready time that stays put needs no edit
   as the minutes pass.
 - **Paced.** At most `QUEUE_EDITS_PER_WINDOW` edits in any `QUEUE_EDIT_WINDOW` seconds per
-  channel (`bot.pacing`: why these numbers). Each edit is chosen afresh from the queue as
+  channel, a share of the channel's one pace for every message write, which the job
+  messages hold (`bot.pacing`: why these numbers; they give way to results). Each edit is chosen afresh from the queue as
   it is at that moment, so a queue that moves faster than the pace is never worked
   through twice: what is shown catches up with what is true, front of the queue first.
 - **No two messages claim one place.** `JobMessages` knows which place each message shows
@@ -47,7 +48,7 @@ from discord.ext import commands
 
 from bot.eta import Estimate, queue_estimates
 from bot.jobs import ENGINE_DOWN_NOTE, Job, QueueNote
-from bot.pacing import EditPacer
+from bot.pacing import Write
 from bot.services import Services
 
 log = logging.getLogger(__name__)
@@ -83,10 +84,11 @@ class QueueNotes:
     """See the module docstring. Made by the job runner: `restore()` with the queue,
     `start()`, `stop()`; `set_engine_down()` as the engine's state changes."""
 
-    def __init__(self, bot: commands.Bot, services: Services, pacer: EditPacer | None = None) -> None:
+    def __init__(self, bot: commands.Bot, services: Services) -> None:
         self.bot = bot
         self.services = services
-        self.pacer = pacer or EditPacer()
+        #: The channels' one pace, shared with every other message write.
+        self.pace = services.messages.pace
         self.engine_down = False
         self._dirty = False
         self._task: asyncio.Task[None] | None = None
@@ -100,9 +102,9 @@ class QueueNotes:
     async def restore(self, waiting: list[Job]) -> None:
         """Learn what the messages of jobs that were waiting before a restart show. A bot
         ran before this one (there are jobs): it may have edited up to the pace just now,
-        so the pace waits one window first (`EditPacer.hold`)."""
+        so the pace waits one window first (`ChannelPace.hold`)."""
         if await self.services.store.jobs_with_status(limit=1):
-            self.pacer.hold()
+            self.pace.hold()
         notes = await self.services.store.queue_notes([job.id for job in waiting])
         for job_id, note in notes.items():
             self.services.messages.remember(job_id, note)
@@ -176,7 +178,7 @@ class QueueNotes:
             if holder is not None and holder != job.id:
                 blocked.append((job, note))
                 continue
-            delay = self.pacer.delay(job.channel_id)
+            delay = self.pace.delay(job.channel_id, Write.QUEUE)
             if delay > 0:
                 wait = delay if wait is None else min(wait, delay)
                 continue
@@ -185,7 +187,7 @@ class QueueNotes:
         swap = self._first_in_a_cycle(blocked, claims, wanted)
         if swap is not None:
             job, note = swap
-            delay = self.pacer.delay(job.channel_id)
+            delay = self.pace.delay(job.channel_id, Write.QUEUE)
             if delay == 0:
                 await self._show(job, QueueNote(None, note.ready_at))
                 return _Step.EDITED
@@ -211,7 +213,6 @@ class QueueNotes:
         return None
 
     async def _show(self, job: Job, note: QueueNote) -> None:
-        self.pacer.record(job.channel_id)
         if await self.services.messages.show_note(job, note):
             self._refused.pop(job.id, None)
             await self.services.store.save_queue_note(job.id, note)

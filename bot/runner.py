@@ -99,15 +99,18 @@ RUNNER_WAKE_EVENT = "vqc_runner_wake"
 @dataclass
 class ProgressThrottle:
     """When a job's progress is shown: the first preview at once, so that even a short job
-    shows its image forming, then at most once per `interval` seconds."""
+    shows its image forming, then at most once per `interval` seconds; and only when its
+    channel's pace has room (`bot.pacing`), else a later event is shown in its stead."""
 
     interval: float
     last: float = field(default_factory=lambda: time.monotonic())  # read now: tests move it
     preview_shown: bool = False
 
-    def due(self, *, has_preview: bool) -> bool:
+    def due(self, *, has_preview: bool, room: bool = True) -> bool:
         """Whether this progress event is shown; counts it if so."""
         now = time.monotonic()
+        if not room:
+            return False
         if (has_preview and not self.preview_shown) or now - self.last >= self.interval:
             self.last = now
             self.preview_shown = self.preview_shown or has_preview
@@ -482,7 +485,8 @@ class JobRunner:
         running.total = event.total
         if event.iteration > 0 and event.elapsed > 0:
             running.seconds_per_iteration = event.elapsed / event.iteration
-        if not throttle.due(has_preview=bool(event.preview)):
+        if not throttle.due(has_preview=bool(event.preview),
+                            room=self.services.messages.has_room_for_progress(job)):
             return
         eta = None
         if running.seconds_per_iteration is not None:

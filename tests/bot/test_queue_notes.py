@@ -19,7 +19,7 @@ import discord
 
 from bot.eta import estimate, queue_estimates
 from bot.jobs import Job, JobStatus, QueueNote
-from bot.pacing import QUEUE_EDIT_WINDOW, QUEUE_EDITS_PER_WINDOW, EditPacer
+from bot.pacing import QUEUE_EDIT_WINDOW, QUEUE_EDITS_PER_WINDOW
 from bot.queue_notes import ETA_STEP, reads_the_same
 from bot.render import ENGINE_DOWN_TEXT, format_duration
 from engine import protocol
@@ -109,35 +109,6 @@ async def waiting(world: World) -> dict[str, Job]:
 
 
 # --- the pieces ----------------------------------------------------------------------------
-
-
-def test_the_pace_allows_so_many_edits_per_window_and_channel(monkeypatch: Any) -> None:
-    now = [100.0]
-    monkeypatch.setattr("time.monotonic", lambda: now[0])
-    pacer = EditPacer(limit=2, window=5.0)
-    pacer.record(1)
-    pacer.record(1)
-    assert pacer.delay(1) == 5.0 and pacer.delay(2) == 0.0  # per channel
-    now[0] += 4.0
-    assert pacer.delay(1) == 1.0
-    now[0] += 1.0
-    assert pacer.delay(1) == 0.0
-
-
-def test_a_held_pace_counts_every_channel_full_for_one_window(monkeypatch: Any) -> None:
-    now = [100.0]
-    monkeypatch.setattr("time.monotonic", lambda: now[0])
-    pacer = EditPacer(limit=2, window=5.0)
-    assert pacer.delay(1) == 0.0  # a first start holds nothing
-    pacer.hold()
-    assert pacer.delay(1) == 5.0 and pacer.delay(2) == 5.0
-    now[0] += 3.0
-    assert pacer.delay(1) == 2.0
-    now[0] += 2.0
-    assert pacer.delay(1) == 0.0
-    pacer.record(1)
-    pacer.record(1)
-    assert pacer.delay(1) == 5.0 and pacer.delay(2) == 0.0
 
 
 def test_a_ready_time_that_moved_less_than_a_minute_reads_the_same() -> None:
