@@ -21,12 +21,14 @@ What the waiting messages claim. `bot.queue_notes` writes waiting jobs' queue no
 message shows, once the write is done, so the queue notes never give a place that another
 message still shows (`claims`). Writes to one message are made one at a time, in order.
 
-The pace. Every message this module sends or edits goes through one per-channel pace
-(`bot.pacing.ChannelPace`, `self.pace`): a new job's message, its state changes, result and
-failure wait for room (`turn`); a progress edit is skipped when there is none (the runner
-asks `has_room_for_progress` first and shows a later one); queue notes wait for their own
-smaller share. The wait is `client.wait_for(PACE_EVENT, timeout=...)`, an event nothing
-dispatches: under SimCord, a wait the simulated clock controls, as the queue notes' is.
+The pace. Every edit of a job's message goes through one per-channel pace
+(`bot.pacing.ChannelPace`, `self.pace`): a cancellation, an interruption and a result shown
+in place wait for room (`wait_for_room`); "Starting" and progress are skipped when there is none
+(the runner asks `has_room_for_progress` first and shows a later one); queue notes keep to
+their own smaller share. New messages (the job's, its result, its failure) are not held
+back (`bot.pacing` says why). The wait is `client.wait_for(PACE_EVENT, timeout=...)`, an
+event nothing dispatches: under SimCord, a wait the simulated clock controls, as the queue
+notes' is.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import contextlib
 import io
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import discord
@@ -110,27 +112,31 @@ class JobMessages:
     def is_gone(self, job_id: str) -> bool:
         return job_id in self._gone
 
-    async def show_note(self, job: Job, note: QueueNote) -> bool:
-        """A waiting job's place and time, or that the engine is down (`bot.queue_notes`)."""
+    async def show_note(self, job: Job, note: QueueNote, kind: Write = Write.QUEUE) -> bool:
+        """A waiting job's place and time, or that the engine is down (`bot.queue_notes`,
+        which edits only when the pace has room for a queue edit)."""
         embed = (render.waiting_for_engine_embed(job) if note.engine_down
                  else render.queued_embed(job, note.position, note.ready_at))
-        return await self.edit(job, note=note, kind=Write.QUEUE, embed=embed)
+        return await self.edit(job, note=note, kind=kind, embed=embed)
 
     # ------------------------------------------------------------------ the job's states
 
     async def post(self, channel: discord.abc.Messageable, job: Job) -> discord.Message:
         """Post a new job's message (raises `discord.HTTPException`: the caller refuses the
         job then, since nobody could follow or cancel it)."""
-        with self.pace.writing(job.channel_id, Write.NEEDED):  # counted, never delayed: see `turn`
-            return await channel.send(content=render.requester_content(job),
-                                      embed=render.queued_embed(job, None, None),
-                                      view=self.progress_view(job.id))
+        return await channel.send(content=render.requester_content(job),
+                                  embed=render.queued_embed(job, None, None),
+                                  view=self.progress_view(job.id))
 
     async def engine_down(self, job: Job) -> bool:
-        return await self.show_note(job, ENGINE_DOWN_NOTE)
+        """A job handed over shows the engine down instead of "Starting" (skipped, as that
+        would be, when the pace has no room)."""
+        return await self.show_note(job, ENGINE_DOWN_NOTE, Write.PROGRESS)
 
     async def started(self, job: Job) -> bool:
-        return await self.edit(job, embed=render.started_embed(job), view=self.progress_view(job.id))
+        """"Starting"; False if it could not, or the pace had no room (progress follows)."""
+        return await self.edit(job, kind=Write.PROGRESS, embed=render.started_embed(job),
+                               view=self.progress_view(job.id))
 
     def has_room_for_progress(self, job: Job) -> bool:
         """Whether the job's channel has room for a progress edit now (else it is skipped)."""
@@ -184,18 +190,18 @@ class JobMessages:
 
     # ------------------------------------------------------------------ writing
 
-    @contextlib.asynccontextmanager
-    async def turn(self, channel_id: int, kind: Write = Write.NEEDED) -> AsyncIterator[None]:
-        """Wait until the channel's pace has room for a write of `kind`, then hold its
-        place while the block makes it (one request). No await between the last look at
-        the pace and taking the place: nothing can take it in between."""
-        if self.pace.delay(channel_id, kind) > 0:
-            with self.pace.waiting(channel_id) if kind is Write.NEEDED else contextlib.nullcontext():
-                while (delay := self.pace.delay(channel_id, kind)) > 0:
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await self.client.wait_for(PACE_EVENT, timeout=delay)
-        with self.pace.writing(channel_id, kind):
-            yield
+    async def wait_for_room(self, channel_id: int, kind: Write) -> None:
+        """Return once the channel's pace has room for an edit of `kind`; the caller takes
+        the place (`pace.writing`) with no await in between, so nothing takes it first.
+        A plain coroutine, not a context manager: SimCord recognises a `wait_for` as a
+        wait on its clock by walking the awaiting coroutines, which an async generator
+        would hide."""
+        if self.pace.delay(channel_id, kind) <= 0:
+            return
+        with self.pace.waiting(channel_id) if kind is Write.NEEDED else contextlib.nullcontext():
+            while (delay := self.pace.delay(channel_id, kind)) > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await self.client.wait_for(PACE_EVENT, timeout=delay)
 
     def _channel(self, job: Job) -> discord.PartialMessageable:
         return self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
@@ -228,7 +234,8 @@ class JobMessages:
         if job.progress_message_id is None or job.progress_message_id in self._deleted:
             return False
         try:
-            async with self.turn(job.channel_id, kind):
+            await self.wait_for_room(job.channel_id, kind)
+            with self.pace.writing(job.channel_id, kind):
                 await self._channel(job).get_partial_message(job.progress_message_id).edit(**fields)
             return True
         except asyncio.CancelledError:
@@ -250,9 +257,8 @@ class JobMessages:
         (without a notification). Returns the id of the message that shows it."""
         async with self._lock(job.id):
             try:
-                async with self.turn(job.channel_id):
-                    message = await self._channel(job).send(
-                        content=content, allowed_mentions=notify_requester(job), **make_fields())
+                message = await self._channel(job).send(
+                    content=content, allowed_mentions=notify_requester(job), **make_fields())
             except asyncio.CancelledError:
                 raise
             except Exception as error:

@@ -166,3 +166,6 @@ class RunningJob:
     #: Set when someone asked to cancel it; `cancelled_by` says who (None: unknown).
     cancel_requested: bool = False
     cancelled_by: int | None = None
+    #: Its "Starting" was not shown (the channel's edit pace had no room, `bot.pacing`):
+    #: its first progress event is shown as soon as there is room.
+    message_behind: bool = False

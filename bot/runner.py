@@ -100,18 +100,19 @@ RUNNER_WAKE_EVENT = "vqc_runner_wake"
 class ProgressThrottle:
     """When a job's progress is shown: the first preview at once, so that even a short job
     shows its image forming, then at most once per `interval` seconds; and only when its
-    channel's pace has room (`bot.pacing`), else a later event is shown in its stead."""
+    channel's pace has room (`bot.pacing`), else a later event is shown in its stead. A
+    message that is `behind` (its "Starting" was skipped) shows the first event it can."""
 
     interval: float
     last: float = field(default_factory=lambda: time.monotonic())  # read now: tests move it
     preview_shown: bool = False
 
-    def due(self, *, has_preview: bool, room: bool = True) -> bool:
+    def due(self, *, has_preview: bool, room: bool = True, behind: bool = False) -> bool:
         """Whether this progress event is shown; counts it if so."""
         now = time.monotonic()
         if not room:
             return False
-        if (has_preview and not self.preview_shown) or now - self.last >= self.interval:
+        if behind or (has_preview and not self.preview_shown) or now - self.last >= self.interval:
             self.last = now
             self.preview_shown = self.preview_shown or has_preview
             return True
@@ -325,7 +326,9 @@ class JobRunner:
         starting), and the queued jobs' through the queue notes. Under the notes lock."""
         messages = self.services.messages
         for job in list(self._awaiting_engine.values()):
-            await (messages.engine_down(job) if down else messages.started(job))
+            shown = await (messages.engine_down(job) if down else messages.started(job))
+            if (running := self.services.running.get(job.id)) is not None:
+                running.message_behind = not shown
         self.notes.set_engine_down(down)
 
     # ------------------------------------------------------------------ one job
@@ -436,7 +439,9 @@ class JobRunner:
         """
         messages = self.services.messages
         async with self._notes_lock:
-            await (messages.engine_down(job) if self._engine_down_shown else messages.started(job))
+            shown = await (messages.engine_down(job) if self._engine_down_shown
+                           else messages.started(job))
+            running.message_behind = not shown
             if running.cancel_requested:
                 return None
             running.submitted = True
@@ -485,9 +490,10 @@ class JobRunner:
         running.total = event.total
         if event.iteration > 0 and event.elapsed > 0:
             running.seconds_per_iteration = event.elapsed / event.iteration
-        if not throttle.due(has_preview=bool(event.preview),
+        if not throttle.due(has_preview=bool(event.preview), behind=running.message_behind,
                             room=self.services.messages.has_room_for_progress(job)):
             return
+        running.message_behind = False
         eta = None
         if running.seconds_per_iteration is not None:
             eta = max(0, event.total - event.iteration) * running.seconds_per_iteration

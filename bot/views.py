@@ -288,12 +288,11 @@ async def _post_timelapse(interaction: discord.Interaction, services: Services, 
         reply["reference"] = channel.get_partial_message(job.result_message_id).to_reference(
             fail_if_not_exists=False)
     try:
-        async with services.messages.turn(job.channel_id):  # the channel's one pace
-            message = await channel.send(
-                render.timelapse_post_text(job, len(frames)),
-                file=discord.File(io.BytesIO(webp), filename=f"timelapse-{job.id}.webp"),
-                mention_author=False, allowed_mentions=discord.AllowedMentions.none(), **reply,
-            )
+        message = await channel.send(
+            render.timelapse_post_text(job, len(frames)),
+            file=discord.File(io.BytesIO(webp), filename=f"timelapse-{job.id}.webp"),
+            mention_author=False, allowed_mentions=discord.AllowedMentions.none(), **reply,
+        )
     except discord.HTTPException as error:
         log.warning("job %s: cannot post its timelapse in channel %s: %s", job.id, job.channel_id, error)
         raise UserError(render.CANNOT_POST_TIMELAPSE) from None

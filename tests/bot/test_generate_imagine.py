@@ -75,13 +75,14 @@ async def test_result_png_is_saved_under_results_dir_and_recorded_in_the_store()
 
 
 async def test_progress_edits_show_a_fresh_preview_each_time() -> None:
-    async with running_world(FakeEngine(progress_steps=4)) as world:
+    # Three previews and "Starting": four edits, within the channel's pace for progress.
+    async with running_world(FakeEngine(progress_steps=3)) as world:
         await world.alice.slash(world.channel, "imagine", prompt="a lighthouse")
         job = await only_job(world)
         edits = preview_edits(world, job.id)
-        assert len(edits) == 4
+        assert len(edits) == 3
         names = [body["attachments"][0]["filename"] for body in edits]
-        assert len(set(names)) == 4  # a new file per edit: clients never show a stale preview
+        assert len(set(names)) == 3  # a new file per edit: clients never show a stale preview
         assert all(body["embeds"][0]["image"]["url"] == f"attachment://{name}"
                    for body, name in zip(edits, names))
         assert "iteration 8/8" in edits[-1]["embeds"][0]["description"]

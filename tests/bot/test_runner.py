@@ -8,6 +8,7 @@ import pytest
 
 import bot.runner
 from bot.jobs import JobStatus
+from bot.pacing import EDIT_WINDOW
 from engine import protocol
 from tests.bot.fake_engine import FakeEngine, World, png_bytes, running_world, text_of
 
@@ -168,6 +169,9 @@ async def test_cancel_button_works_after_a_restart() -> None:
         await world.alice.slash(world.channel, "imagine", prompt="waiting")
         waiting = (await jobs(world))[-1]
         await world.restart(FakeEngine(blocked=True))
+        # A restarted bot counts every channel's edit pace full for one window (it cannot
+        # know what the bot before it edited): the cancel's edit, and so the answer, waits.
+        await world.env.advance_time(EDIT_WINDOW)
         message = next(m for m in world.bot_messages() if m.id == waiting.progress_message_id)
         result = await world.alice.click(message, label="Cancel")
         assert "before it started" in text_of(result)
