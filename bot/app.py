@@ -95,6 +95,11 @@ class ImagineBot(commands.Bot):
             tree_cls=ImagineTree,
             # Nobody gets pinged by a prompt echoed back in a result message.
             allowed_mentions=discord.AllowedMentions.none(),
+            # No message cache: the bot never reads it (it edits by id and reads history
+            # from the API), and discord.py's default keeps the last 1,000 messages seen,
+            # with their embeds: several MiB that only grow for the first thousand jobs
+            # (the soak, bench/soak.py, found them the largest growth in the bot's heap).
+            max_messages=None,
         )
         self.settings = settings
         self.cog_names = cogs

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.soak import (DEFAULT_SEED, FAULT_KINDS, JobRecord, Request, SoakConfig, SoakState,
-                        check_invariants, plan_faults, run_soak)
+from bench.soak import (DEFAULT_SEED, FAULT_KINDS, JobRecord, MemorySample, Request, SoakConfig,
+                        SoakState, check_invariants, plan_faults, run_soak)
 
 WINDOW = 24 * 3600.0
 NOW = 1_800_000_000.0
@@ -68,7 +68,8 @@ def clean() -> SoakState:
         # An edit a second in channel 5: 5 in any 5 s, at the limit.
         requests=[Request(NOW - 60 + i, "PATCH", f"/channels/5/messages/{i}") for i in range(60)]
         + [Request(NOW + i * 2.5, "PATCH", "/channels/5/messages/1", queue_edit=True) for i in range(4)],
-        rss=[(0, 50 << 20), (100, 60 << 20), (200, 70 << 20)],
+        memory=[MemorySample(0, 5 << 20, 50 << 20), MemorySample(100, 10 << 20, 60 << 20),
+                MemorySample(200, 12 << 20, 90 << 20)],
     )
 
 
@@ -110,7 +111,8 @@ DOCTORED: dict[str, tuple[str | tuple[str, ...], Callable[[SoakState], SoakState
     "3 queue edits in 5 s": ("queue edits", edited(lambda s: s.requests.append(
         Request(NOW + 1, "PATCH", "/channels/5/messages/7", queue_edit=True)))),
     "an unexpected error": ("raised nothing", doctor(unexpected_errors=["RuntimeError('bug')"])),
-    "RSS grew 25%": ("RSS", edited(lambda s: s.rss.append((300, 75 << 20)))),
+    "the bot's heap grew 25%": ("bot's heap", edited(lambda s: s.memory.append(
+        MemorySample(300, 12_500 << 10, 90 << 20)))),
 }
 
 
@@ -123,4 +125,4 @@ def test_each_invariant_reports_its_violation(case: str) -> None:
     assert len(broken) == len(names), (case, broken)
     for name, row in zip(names, broken):
         assert name in row.name, (case, row)
-        assert "VIOLATED" in row.detail or "RSS" in row.name, row
+        assert "VIOLATED" in row.detail or "heap" in row.name, row
