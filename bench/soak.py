@@ -396,7 +396,7 @@ def _memory(state: SoakState) -> Row:
     end = state.memory[-1]
     growth = end.heap / base.heap - 1
     return Row(name, growth <= MEMORY_GROWTH,
-               f"{base.heap / 2**20:.1f} -> {end.heap / 2**20:.1f} MiB ({growth:+.1%}); process RSS "
+               f"{base.heap / 2**10:.0f} -> {end.heap / 2**10:.0f} KiB ({growth:+.1%}); process RSS "
                f"{base.rss / 2**20:.0f} -> {end.rss / 2**20:.0f} MiB, simulated Discord included")
 
 
@@ -950,8 +950,8 @@ class Soak:
             "faults not injected (no chance before the end)": dict(self.skipped_faults) or "none",
             "time to start": spread(to_start),
             "time to done": spread(to_done),
-            "memory (jobs ended: bot's heap / process RSS, MiB)": ", ".join(
-                f"{m.jobs}: {m.heap / 2**20:.1f} / {m.rss / 2**20:.0f}" for m in state.memory),
+            "memory (jobs ended: bot's heap KiB / process RSS MiB)": ", ".join(
+                f"{m.jobs}: {m.heap / 2**10:.0f} / {m.rss / 2**20:.0f}" for m in state.memory),
         }
 
 
