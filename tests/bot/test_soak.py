@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.soak import (DEFAULT_SEED, FAULT_KINDS, JobRecord, MemorySample, Request, SoakConfig,
-                        SoakState, check_invariants, plan_faults, run_soak)
+                        SoakState, bot_heap_bytes, check_invariants, plan_faults, run_soak)
 
 WINDOW = 24 * 3600.0
 NOW = 1_800_000_000.0
@@ -126,3 +126,28 @@ def test_each_invariant_reports_its_violation(case: str) -> None:
     for name, row in zip(names, broken):
         assert name in row.name, (case, row)
         assert "VIOLATED" in row.detail or "heap" in row.name, row
+
+
+class _Bot:
+    """Stands in for the bot object in the heap walk: anything with attributes."""
+
+
+async def test_the_bots_heap_counts_what_the_bot_keeps() -> None:
+    bot = _Bot()
+    bot.kept = []  # type: ignore[attr-defined]
+    before = bot_heap_bytes(bot)
+    bot.kept.extend(bytes(1000) for _ in range(100))  # type: ignore[attr-defined]
+    assert bot_heap_bytes(bot) - before >= 100 * 1000
+
+
+async def test_the_bots_heap_leaves_out_the_simulated_discord() -> None:
+    import simcord
+
+    bot = _Bot()
+    before = bot_heap_bytes(bot)
+    # A SimCord object the bot refers to (as the bot's HTTP client does) is the
+    # simulator's, with everything it keeps.
+    actor = simcord.Env.__new__(simcord.Env)
+    actor.__dict__["store"] = [bytes(1000) for _ in range(100)]
+    bot.env = actor  # type: ignore[attr-defined]
+    assert bot_heap_bytes(bot) - before < 1000
