@@ -1205,9 +1205,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--members", type=int, default=50)
     parser.add_argument("--guilds", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=4,
+                        help="jobs the local engine computes at once (a Redis worker takes one)")
     parser.add_argument("--seconds-per-iteration", type=float, default=SoakConfig.seconds_per_iteration,
-                        help="the fake engine's pace (--fake-seconds-per-iteration)")
+                        help="the fake engine's or fake workers' pace (--fake-seconds-per-iteration)")
     parser.add_argument("--real-engine", action="store_true",
                         help="real engine processes on the tiny random models (slow: torch on the CPU)")
     parser.add_argument("--backend", choices=BACKENDS, default="local",
