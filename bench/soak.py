@@ -6,20 +6,27 @@ its promises.
     python bench/soak.py                        # 1,000 jobs, fake engine, seed 15
     python bench/soak.py --jobs 200 --seed 15   # what CI runs (tests/bot/test_soak.py)
     python bench/soak.py --real-engine --jobs 50  # real engine processes, tiny models
+    python bench/soak.py --backend redis --jobs 300  # remote workers through a redis-server
 
 What it drives: 50 members in 3 servers (several channels each) ask for images with
 /imagine (a mix of shapes and iteration counts), /edit with an attached image, and the
 Reroll and Vary buttons of results; a few members have a tiny quota, so some requests are
 refused over quota (and some over the per-member queue cap). The engine is the real engine
 process (`python -m engine worker`) on its fake runner (`--fake --batch N`, fast, no
-torch), or with `--real-engine` on the tiny random models, so killing it is real.
+torch), or with `--real-engine` on the tiny random models, so killing it is real. With
+`--backend redis` it is what ENGINE_BACKEND=redis builds (`build_engine`: the bot's
+`RedisBackend`) on a redis-server of the soak's own on 127.0.0.1, logged in as the
+documented ACL user, with 2 worker processes on the fake runner
+(`python -m engine worker --fake --redis`, one job at once each; `RedisSide`).
 
 Faults, drawn from the seed (`plan_faults`): the Cancel button and /cancel on waiting and
-running jobs; SIGKILL of the engine process while a job computes; a bot restart (close,
-then a new bot on the same database and results) while the queue is full; Discord
-answering 429 or 500 to a message send or edit (SimCord's `inject_error`, once each). A
-redis-server restart is behind `--redis-restart`, off: it needs ENGINE_BACKEND=redis, and
-this bot has no Redis backend yet, so the flag refuses to run.
+running jobs; SIGKILL of the engine process while a job computes (with the Redis backend:
+of the worker that started a computing job, started again under its name a second later);
+a bot restart (close, then a new bot with a new engine on the same database and results)
+while the queue is full; Discord answering 429 or 500 to a message send or edit
+(SimCord's `inject_error`, once each); with the Redis backend only, a redis-server
+restart while a job computes (SIGKILL, about a second down, started again empty: it
+keeps no data).
 
 Clocks: under SimCord the bot's `time.monotonic` (the progress throttle, the edit pace) and
 its timers follow SimCord's virtual clock, which this harness moves along with the wall
@@ -94,8 +101,18 @@ QUEUE_TEXT = "Waiting in the queue"
 QUEUED_ANSWER = re.compile(r"Queued job `([0-9a-z]+)`")
 RESULT_NAME = re.compile(r"^([0-9a-z]+)\.png$")
 FAKE_TOKEN = "MTAxMjM0NTY3ODkwMTIzNDU2.GaBcDe.soak-token-never-sent-anywhere_0123456789ab"
-REDIS_NOTE = ("--redis-restart needs ENGINE_BACKEND=redis: the Redis backend is not wired "
-              "into the bot yet, so there is no redis-server to restart")
+#: The Redis backend: fake workers started (each runs one job at once), seconds a killed one
+#: stays down before it is started again, seconds redis-server stays down in a restart.
+REDIS_WORKERS = 2
+WORKER_RESTART_DELAY = 1.0
+REDIS_DOWN_SECONDS = 1.0
+#: Seconds between a worker's heartbeats (its key lives 3 of them). Not the integration
+#: tests' 0.2 s: after a Redis restart the bot waits one heartbeat TTL for a worker to beat
+#: again, and a worker retries Redis up to 2 s apart, so under about 0.7 s every Redis
+#: restart looks like every worker dying (their started jobs fail as crashes). 1 s (TTL
+#: 3 s) keeps a production worker's order (5 s, TTL 15 s) and still sees a killed worker
+#: within seconds.
+WORKER_HEARTBEAT = 1.0
 
 log = logging.getLogger("soak")
 
@@ -113,7 +130,9 @@ class SoakConfig:
     channels_per_guild: int = 6
     seed: int = DEFAULT_SEED
     real_engine: bool = False
-    redis_restart: bool = False
+    #: "local": the engine process the bot starts (`EngineClient`); "redis": remote workers
+    #: through a redis-server of the soak's own (`RedisSide`), as ENGINE_BACKEND=redis.
+    backend: str = "local"
     #: Jobs the engine computes at once (`--batch`).
     batch: int = 4
     #: Seconds per fake iteration (`--fake-seconds-per-iteration`).
@@ -137,22 +156,40 @@ class SoakConfig:
     engine_kills: int = 12
     bot_restarts: int = 5
     discord_errors: int = 60
+    #: Only with the Redis backend.
+    redis_restarts: int = 8
     #: Give up waiting for the last jobs after this many seconds.
     drain_timeout: float = 300.0
+    #: The memory invariant's baseline: the bot's heap once this many jobs ended (a short
+    #: run needs a smaller one), sampled every `memory_step` jobs ended.
+    memory_base_jobs: int = MEMORY_BASE_JOBS
+    memory_step: int = MEMORY_STEP
     work_dir: Path | None = None
 
 
+BACKENDS = ("local", "redis")
+#: Faults on every backend; with the Redis backend also `redis_restart` (`fault_kinds`).
 FAULT_KINDS = ("cancel_button", "cancel_command", "engine_kill", "bot_restart", "discord_error")
+REDIS_FAULT_KINDS = (*FAULT_KINDS, "redis_restart")
+
+
+def fault_kinds(config: SoakConfig) -> tuple[str, ...]:
+    """The kinds of fault a run with this config plans."""
+    return REDIS_FAULT_KINDS if config.backend == "redis" else FAULT_KINDS
 
 
 def plan_faults(config: SoakConfig) -> dict[int, list[str]]:
-    """Which faults come after which accepted job (from the seed): job index -> kinds."""
+    """Which faults come after which accepted job (from the seed): job index -> kinds.
+    Redis restarts are drawn after every other kind, so the other kinds fall after the
+    same jobs on either backend (and a seed's local plan did not move when they came)."""
     rng = random.Random(config.seed * 7919 + 1)
     counts = {
         "cancel_button": config.cancel_buttons, "cancel_command": config.cancel_commands,
         "engine_kill": config.engine_kills, "bot_restart": config.bot_restarts,
         "discord_error": config.discord_errors,
     }
+    if config.backend == "redis":
+        counts["redis_restart"] = config.redis_restarts
     plan: dict[int, list[str]] = collections.defaultdict(list)
     for kind, per_thousand in counts.items():
         n = max(1, round(per_thousand * config.jobs / 1000)) if per_thousand else 0
@@ -245,6 +282,8 @@ class SoakState:
     memory: list[MemorySample]
     #: Errors SimCord recorded that were not answered refusals (their repr).
     unexpected_errors: list[str] = field(default_factory=list)
+    #: The memory invariant's baseline: the sample once this many jobs ended.
+    memory_base_jobs: int = MEMORY_BASE_JOBS
 
 
 @dataclass(frozen=True)
@@ -389,8 +428,8 @@ def _errors(state: SoakState) -> Row:
 
 
 def _memory(state: SoakState) -> Row:
-    name = f"bot's heap at the end within {MEMORY_GROWTH:.0%} of it after {MEMORY_BASE_JOBS} jobs"
-    base = next((sample for sample in state.memory if sample.jobs >= MEMORY_BASE_JOBS), None)
+    name = f"bot's heap at the end within {MEMORY_GROWTH:.0%} of it after {state.memory_base_jobs} jobs"
+    base = next((sample for sample in state.memory if sample.jobs >= state.memory_base_jobs), None)
     if base is None:
         return Row(name, False, "no memory sample after the first jobs")
     end = state.memory[-1]
@@ -561,6 +600,94 @@ def png(width: int, height: int, colour: tuple[int, int, int]) -> bytes:
     return buffer.getvalue()
 
 
+def redis_settings(url: str) -> dict[str, Any]:
+    """What an operator sets for remote workers on the fake runner: ENGINE_BACKEND=redis,
+    REDIS_URL, and the models the fake worker's Ready names ("fake"; the bot refuses a
+    worker that runs other models than its VQGAN_MODEL and CLIP_MODEL)."""
+    from engine.redis_url import parse_redis_url
+
+    return {"engine_backend": "redis", "redis_url": parse_redis_url(url),
+            "vqgan_model": "fake", "clip_model": "fake"}
+
+
+class RedisSide:
+    """The Redis backend's other end for a soak: a redis-server of its own on 127.0.0.1 and
+    `REDIS_WORKERS` fake workers on it (`python -m engine worker --fake --redis`), which the
+    faults kill and restart.
+
+    Both come from tests/redis_server.py, which the Redis integration tests use: the bot
+    and the workers log in as the ACL user docs/remote-workers.md documents, so the soak
+    puts the documented setup under load, not a default-user Redis. Imported here, only
+    for this backend (bench runs with the repository root on the path)."""
+
+    def __init__(self, config: SoakConfig, work_dir: Path) -> None:
+        from tests.redis_server import LocalRedis, Workers, redis_server_binary
+
+        binary = redis_server_binary()
+        if binary is None:
+            raise SystemExit("--backend redis needs a redis-server: on PATH, in $REDIS_SERVER, "
+                             "or the test extra's beside the venv's python (./test.sh installs it)")
+        self.config = config
+        self.server = LocalRedis(binary, work_dir / "redis")
+        (work_dir / "workers").mkdir(parents=True, exist_ok=True)
+        self.workers = Workers(self.server, work_dir / "workers")
+        self.names = [f"soak-w{i + 1}" for i in range(REDIS_WORKERS)]
+        self._restarts: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self) -> None:
+        self.server.start()
+        for name in self.names:
+            self.start_worker(name)
+
+    def start_worker(self, name: str) -> None:
+        self.workers.start(name, seconds_per_iteration=self.config.seconds_per_iteration,
+                           heartbeat=WORKER_HEARTBEAT)
+
+    def kill_worker(self, name: str) -> bool:
+        """SIGKILL worker `name` (False if it is not running), and start it again under the
+        same name after `WORKER_RESTART_DELAY` s, so that the capacity comes back (as a
+        supervisor such as Docker's restart policy would)."""
+        process = self.workers.processes.get(name)
+        if process is None or process.poll() is not None:
+            return False
+        process.kill()
+        task = asyncio.get_running_loop().create_task(self._restart_later(name))
+        self._restarts.add(task)
+        task.add_done_callback(self._restarts.discard)
+        return True
+
+    async def _restart_later(self, name: str) -> None:
+        await asyncio.sleep(WORKER_RESTART_DELAY)
+        await asyncio.to_thread(self.workers.processes[name].wait)
+        self.start_worker(name)
+
+    def kill_server(self) -> None:
+        self.server.kill()
+
+    async def start_server(self) -> None:
+        """Start redis-server again on its port (empty: it keeps no data), in a thread: it
+        waits until the server answers, and the bot must go on meanwhile."""
+        await asyncio.to_thread(self.server.start)
+
+    async def close(self) -> None:
+        """Stop the workers (pending restarts first, so none comes back), then the server."""
+        for task in list(self._restarts):
+            task.cancel()
+        await asyncio.gather(*self._restarts, return_exceptions=True)
+        await asyncio.to_thread(self.workers.stop)
+        await asyncio.to_thread(self.server.stop)
+
+    def logs(self) -> str:
+        """The workers' logs and the server's, for a run that failed."""
+        server_log = self.server.directory / "redis.log"
+        tail = server_log.read_text()[-3000:] if server_log.exists() else ""
+        return self.workers.logs() + f"\n--- redis.log\n{tail}"
+
+
 class Soak:
     """One run: the world, the members, the engine, the bookkeeping."""
 
@@ -579,9 +706,16 @@ class Soak:
             progress_interval=config.progress_interval, default_daily_quota=config.default_quota,
             max_queued_per_user=config.max_queued_per_user, engine_batch=config.batch,
         )
+        self.redis = RedisSide(config, work_dir) if config.backend == "redis" else None
+        if self.redis is not None:
+            self.settings = replace(self.settings, **redis_settings(self.redis.url))
         self.env: Any = None
+        #: Every engine started (closed at the end), the last one the bot's.
         self.clients: list[Any] = []
         self.engine_done: collections.Counter[str] = collections.Counter()
+        #: The event streams of the jobs the bot handed the engine and that have not ended:
+        #: a remote job's says which worker started it (`RemoteJobStream.worker`).
+        self.streams: dict[str, Any] = {}
         self.transitions: dict[str, list[str]] = {}
         self.told_queued: dict[str, tuple[int, int]] = {}
         self.refusals: collections.Counter[str] = collections.Counter()
@@ -604,33 +738,58 @@ class Soak:
         return worker_command(vqgan="tiny_vqgan", clip="tiny_clip", model_dir=self.tiny_models,
                               device="cpu", batch=self.config.batch)
 
-    async def new_engine(self) -> Any:
-        """A started engine client, wrapped as the sandbox wraps it (its waits declared to
-        SimCord), counting the Done events it hands the bot. Started here, outside the
-        bot's tasks, so its supervision is not the bot's."""
+    async def start_local_engine(self) -> Any:
+        """The engine process (`EngineClient`), started."""
         from bot.engine_client import EngineClient
-        from bot.sandbox import ExternallyWaited
-        from engine import protocol
 
         environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         client = EngineClient(self.engine_command(), env=environment, ready_timeout=300,
                               restart_delay=0.2, max_restart_delay=2.0)
-        await client.start()
         self.clients.append(client)
-        counts = self.engine_done
+        await client.start()
+        return client
+
+    async def start_remote_engine(self) -> Any:
+        """The engine the bot builds for ENGINE_BACKEND=redis (`build_engine`: a
+        `RedisBackend` with the bot's own timings), started: a worker is live."""
+        from bot.services import build_engine
+
+        backend = build_engine(self.settings)
+        self.clients.append(backend)
+        await backend.start()
+        return backend
+
+    async def new_engine(self) -> Any:
+        """A started engine, wrapped as the sandbox wraps it (its waits declared to
+        SimCord), counting the Done events it hands the bot and keeping the streams of
+        jobs in flight. Started here, outside the bot's tasks, so its supervision is not
+        the bot's. The wrapper reaches the soak's books through its class's closure, not
+        an attribute: the bot's heap walk (`bot_heap_bytes`) enters the engine, not
+        classes, and must not count the harness's books as the bot's."""
+        from bot.sandbox import ExternallyWaited
+        from engine import protocol
+
+        inner = await (self.start_local_engine() if self.redis is None else self.start_remote_engine())
+        counts, streams = self.engine_done, self.streams
 
         class Counted(ExternallyWaited):
             def submit(self, job: protocol.Submit) -> AsyncIterator[protocol.JobEvent]:
-                return self._counted(super().submit(job))
+                stream = self.inner.submit(job)
+                streams[job.job] = stream
+                return self._counted(job.job, stream)
 
-            async def _counted(self, stream: AsyncIterator[protocol.JobEvent]
+            async def _counted(self, job_id: str, stream: AsyncIterator[protocol.JobEvent]
                                ) -> AsyncIterator[protocol.JobEvent]:
-                async for event in stream:
-                    if isinstance(event, protocol.Done):
-                        counts[event.job] += 1
-                    yield event
+                try:
+                    async for event in self._events(stream):
+                        if isinstance(event, protocol.Done):
+                            counts[event.job] += 1
+                        yield event
+                finally:
+                    if streams.get(job_id) is stream:
+                        del streams[job_id]
 
-        return Counted(client)
+        return Counted(inner)
 
     # ---- the world ---------------------------------------------------------------------
 
@@ -645,7 +804,13 @@ class Soak:
 
             self.tiny_models = self.work_dir / "tiny-models"
             await make_tiny_models(self.tiny_models)
+        if self.redis is not None:
+            self.redis.start()
         engine = await self.new_engine()
+        if self.redis is not None:  # every worker live before the first job
+            async with asyncio.timeout(60):
+                while engine.free_capacity() < REDIS_WORKERS:
+                    await asyncio.sleep(0.05)
         self.env = simcord.Env(ImagineBot(self.settings, engine=engine),
                                approved_intents=discord.Intents.none(), settle_timeout=120.0)
         engine.attach(self.env)
@@ -779,10 +944,15 @@ class Soak:
         return True
 
     def kill_engine(self) -> bool:
-        """SIGKILL the engine process while a job computes in it."""
+        """SIGKILL the engine process (with the Redis backend, a worker) while a job
+        computes in it."""
         services = self.bot.services
-        if not any(job.started and job.iteration >= 1 for job in services.running.values()):
+        computing = [job.job_id for job in services.running.values()
+                     if job.started and job.iteration >= 1]
+        if not computing:
             return False
+        if self.redis is not None:
+            return self.kill_worker(computing)
         ready = services.engine.ready_info
         if ready is None:
             return False
@@ -790,9 +960,34 @@ class Soak:
             os.kill(ready.pid, signal.SIGKILL)
         return True
 
+    def kill_worker(self, computing: list[str]) -> bool:
+        """SIGKILL the worker that started one of the jobs `computing` (it comes back a
+        moment later: `RedisSide.kill_worker`)."""
+        assert self.redis is not None
+        for job_id in computing:
+            worker = getattr(self.streams.get(job_id), "worker", None)
+            if worker is not None and self.redis.kill_worker(worker):
+                return True
+        return False
+
+    async def restart_redis(self) -> bool:
+        """Kill redis-server while a job computes, leave it down `REDIS_DOWN_SECONDS` while
+        the bot goes on, then start it again on its port, empty (it keeps no data: the
+        bot's and the workers' keys, streams and heartbeats are gone)."""
+        assert self.redis is not None
+        if not any(job.started for job in self.bot.services.running.values()):
+            return False
+        self.redis.kill_server()
+        back_at = time.perf_counter() + REDIS_DOWN_SECONDS
+        while time.perf_counter() < back_at:
+            await self.pump(0.05)
+        await self.redis.start_server()
+        return True
+
     async def restart_bot(self) -> bool:
         """Close the bot (as a shutdown does: running jobs stay `running`) and start a new
-        one on the same database and results, with a new engine, while the queue is full."""
+        one on the same database and results, with a new engine (with the Redis backend, a
+        new `RedisBackend` on the same redis-server and workers), while the queue is full."""
         from bot.app import ImagineBot
 
         if len(self.bot.services.scheduler) < self.config.restart_min_queue:
@@ -830,6 +1025,8 @@ class Soak:
             return await self.restart_bot()
         if kind == "discord_error":
             return self.discord_error()
+        if kind == "redis_restart":
+            return await self.restart_redis()
         raise ValueError(kind)
 
     # ---- the whole run ---------------------------------------------------------------
@@ -840,7 +1037,8 @@ class Soak:
 
     async def sample_memory(self, force: bool = False) -> None:
         ended = await self.ended()
-        if force or not self.memory or ended // MEMORY_STEP > self.memory[-1].jobs // MEMORY_STEP:
+        step = self.config.memory_step
+        if force or not self.memory or ended // step > self.memory[-1].jobs // step:
             gc.collect()
             self.memory.append(MemorySample(ended, bot_heap_bytes(self.bot), rss_bytes()))
 
@@ -917,6 +1115,7 @@ class Soak:
             now=services.quotas.clock(), window=services.quotas.window_seconds, files=files,
             queue_length=len(services.scheduler), running=len(services.running),
             requests=list(self.requests.requests), memory=list(self.memory), unexpected_errors=errors,
+            memory_base_jobs=self.config.memory_base_jobs,
         )
 
     async def close(self) -> None:
@@ -928,12 +1127,22 @@ class Soak:
         for client in self.clients:
             with contextlib.suppress(Exception):
                 await client.close()
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                await self.redis.close()
+
+    def engine_name(self) -> str:
+        if self.redis is not None:
+            return (f"redis: {REDIS_WORKERS} fake workers (one job each) on redis-server "
+                    f"{self.redis.server.port}")
+        return ("real (tiny models)" if self.config.real_engine else "fake") + f", batch {self.config.batch}"
 
     def figures(self, state: SoakState) -> dict[str, Any]:
         done = [j for j in state.jobs if j.status == "done"]
         to_start = percentiles(j.started_at - j.created_at for j in done if j.started_at is not None)
         to_done = percentiles(j.finished_at - j.created_at for j in done if j.finished_at is not None)
-        faults: dict[str, int] = {kind: self.faults[kind] for kind in FAULT_KINDS if kind != "discord_error"}
+        faults: dict[str, int] = {kind: self.faults[kind] for kind in fault_kinds(self.config)
+                                  if kind != "discord_error"}
         faults.update({k: v for k, v in sorted(self.faults.items()) if k.startswith("discord")})
         kinds = collections.Counter(job_kind for job_kind in self.asked.elements())
 
@@ -941,8 +1150,7 @@ class Soak:
             return "n/a" if pair is None else f"p50 {pair[0]:.2f} s, p95 {pair[1]:.2f} s"
 
         return {
-            "engine": ("real (tiny models)" if self.config.real_engine else "fake")
-                      + f", batch {self.config.batch}",
+            "engine": self.engine_name(),
             "seed": self.config.seed,
             "wall time": f"{self.elapsed:.1f} s",
             "jobs": f"{len(state.jobs)} stored ({len(state.told_queued)} answered 'Queued')",
@@ -969,10 +1177,11 @@ def _answer_text(result: Any) -> str:
 
 async def run_soak(config: SoakConfig, say: Callable[[str], None] = print) -> SoakReport:
     """Run the soak and check every invariant; the report holds the table and figures."""
-    if config.redis_restart and os.environ.get("ENGINE_BACKEND") != "redis":
-        raise SystemExit(REDIS_NOTE)
-    if config.redis_restart:
-        raise SystemExit("the redis-server restart fault is not implemented: " + REDIS_NOTE)
+    if config.backend not in BACKENDS:
+        raise ValueError(f"backend {config.backend!r}: one of {', '.join(BACKENDS)}")
+    if config.backend == "redis" and config.real_engine:
+        raise ValueError("--real-engine runs the local engine process; the Redis backend's "
+                         "workers run the fake runner")
     with contextlib.ExitStack() as stack:
         work_dir = config.work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-")))
         soak = Soak(config, work_dir, say)
@@ -981,6 +1190,10 @@ async def run_soak(config: SoakConfig, say: Callable[[str], None] = print) -> So
             await soak.start()
             await soak.run()
             state = await soak.snapshot()
+        except BaseException:
+            if soak.redis is not None:
+                say(soak.redis.logs())
+            raise
         finally:
             await soak.close()
         rows = check_invariants(state)
@@ -994,13 +1207,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--members", type=int, default=50)
     parser.add_argument("--guilds", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=4,
+                        help="jobs the local engine computes at once (a Redis worker takes one)")
     parser.add_argument("--seconds-per-iteration", type=float, default=SoakConfig.seconds_per_iteration,
-                        help="the fake engine's pace (--fake-seconds-per-iteration)")
+                        help="the fake engine's or fake workers' pace (--fake-seconds-per-iteration)")
     parser.add_argument("--real-engine", action="store_true",
                         help="real engine processes on the tiny random models (slow: torch on the CPU)")
-    parser.add_argument("--redis-restart", action="store_true",
-                        help="also restart redis-server (needs ENGINE_BACKEND=redis; off: not wired yet)")
+    parser.add_argument("--backend", choices=BACKENDS, default="local",
+                        help="local: the engine process (default); redis: a redis-server of its "
+                             "own and 2 fake workers (ENGINE_BACKEND=redis), with worker kills "
+                             "and redis-server restarts among the faults")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="keep the database and results here (default: a temporary folder)")
     parser.add_argument("--log-level", default="WARNING")
@@ -1009,7 +1225,9 @@ def main(argv: list[str] | None = None) -> int:
     config = SoakConfig(jobs=args.jobs, seed=args.seed, members=args.members, guilds=args.guilds,
                         batch=args.batch, real_engine=args.real_engine,
                         seconds_per_iteration=args.seconds_per_iteration,
-                        redis_restart=args.redis_restart, work_dir=args.work_dir)
+                        backend=args.backend, work_dir=args.work_dir)
+    if args.real_engine and args.backend == "redis":
+        parser.error("--real-engine is the local engine process; --backend redis runs fake workers")
     if args.real_engine:
         config = replace(config, iterations=(4, 6, 8), default_iterations=6)
     report = asyncio.run(run_soak(config))

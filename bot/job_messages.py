@@ -14,7 +14,8 @@ exactly that one user (`notify_requester`), and the progress message is then del
 job keeps one message, now at the bottom of the channel where the requester looks. A
 cancel is not announced (whoever cancelled knows): that message is edited in place, and not
 posted again if it was deleted. If the new message cannot be posted, the progress message is edited into the final state instead
-(no notification, but the picture is not lost).
+(no notification, but the picture is not lost); if that fails too, both are tried once
+more (`ANNOUNCE_ROUNDS`).
 
 What the waiting messages claim. `bot.queue_notes` writes waiting jobs' queue notes
 (`show_note`); every other write replaces a note. This module remembers which note each
@@ -54,6 +55,9 @@ ViewFactory = Callable[[str], discord.ui.View]
 FailureViewFactory = Callable[[Job], discord.ui.View | None]
 #: The discord.py custom event a write waiting for the channel's pace waits on (its timeout).
 PACE_EVENT = "vqc_channel_pace"
+#: Rounds of (post the final message, else edit the progress message into it) before a
+#: job's final state is given up: one failed post and one failed edit must not lose it.
+ANNOUNCE_ROUNDS = 2
 
 
 def notify_requester(job: Job) -> discord.AllowedMentions:
@@ -254,29 +258,47 @@ class JobMessages:
                         make_fields: Callable[[], dict[str, Any]]) -> int | None:
         """Post the job's final state as a new message that notifies its requester, then
         delete the progress message; if the post fails, edit the progress message into it
-        (without a notification). Returns the id of the message that shows it."""
+        (without a notification); if that fails too, try both again, `ANNOUNCE_ROUNDS` in
+        all. Returns the id of the message that shows it (None: none could)."""
         async with self._lock(job.id):
+            shown = None
+            for _ in range(ANNOUNCE_ROUNDS):
+                shown = await self._post_final(job, content, make_fields)
+                if shown is None:
+                    shown = await self._edit_final(job, make_fields)
+                if shown is not None:
+                    break
+            self._shows(job.id, None)
+            return shown
+
+    async def _post_final(self, job: Job, content: str,
+                          make_fields: Callable[[], dict[str, Any]]) -> int | None:
+        """The final state as a new message, then the progress message deleted; None (logged)
+        if the post failed."""
+        try:
+            message = await self._channel(job).send(
+                content=content, allowed_mentions=notify_requester(job), **make_fields())
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.warning("job %s: could not post its final message in channel %s (%s); "
+                        "editing its progress message instead", job.id, job.channel_id, error)
+            return None
+        if job.progress_message_id is not None and job.progress_message_id != message.id:
             try:
-                message = await self._channel(job).send(
-                    content=content, allowed_mentions=notify_requester(job), **make_fields())
+                await self._channel(job).get_partial_message(job.progress_message_id).delete()
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                log.warning("job %s: could not post its final message in channel %s (%s); "
-                            "editing its progress message instead", job.id, job.channel_id, error)
-                fields = make_fields()
-                file = fields.pop("file", None)
-                done = await self._edit_now(job, {"view": None, **fields,
-                                                  "attachments": [file] if file is not None else []})
-                self._shows(job.id, None)
-                return job.progress_message_id if done else None
-            self._shows(job.id, None)
-            if job.progress_message_id is not None and job.progress_message_id != message.id:
-                try:
-                    await self._channel(job).get_partial_message(job.progress_message_id).delete()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as error:
-                    log.warning("job %s: could not delete its progress message %s: %s",
-                                job.id, job.progress_message_id, error)
-            return message.id
+                log.warning("job %s: could not delete its progress message %s: %s",
+                            job.id, job.progress_message_id, error)
+        return message.id
+
+    async def _edit_final(self, job: Job, make_fields: Callable[[], dict[str, Any]]) -> int | None:
+        """The progress message edited into the final state (no notification); None if that
+        failed or there is none."""
+        fields = make_fields()
+        file = fields.pop("file", None)
+        done = await self._edit_now(job, {"view": None, **fields,
+                                          "attachments": [file] if file is not None else []})
+        return job.progress_message_id if done else None

@@ -109,14 +109,14 @@ class Workers:
         self.directory = directory
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, *, seconds_per_iteration: float = SECONDS_PER_ITERATION
-              ) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *, seconds_per_iteration: float = SECONDS_PER_ITERATION,
+              heartbeat: float = 0.2) -> subprocess.Popen[bytes]:
         env = {**os.environ, "REDIS_URL": self.server.url, "PYTHONPATH": str(ROOT)}
-        log = open(self.directory / f"{name}.log", "wb")
+        log = open(self.directory / f"{name}.log", "ab")  # a restart under the same name appends
         process = subprocess.Popen(
             [sys.executable, "-m", "engine", "--log-level", "INFO", "worker", "--fake",
              "--fake-seconds-per-iteration", str(seconds_per_iteration), "--redis",
-             "--name", name, "--heartbeat", "0.2"],
+             "--name", name, "--heartbeat", str(heartbeat)],
             cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.processes[name] = process

