@@ -106,12 +106,10 @@ FAKE_TOKEN = "MTAxMjM0NTY3ODkwMTIzNDU2.GaBcDe.soak-token-never-sent-anywhere_012
 REDIS_WORKERS = 2
 WORKER_RESTART_DELAY = 1.0
 REDIS_DOWN_SECONDS = 1.0
-#: Seconds between a worker's heartbeats (its key lives 3 of them). Not the integration
-#: tests' 0.2 s: after a Redis restart the bot waits one heartbeat TTL for a worker to beat
-#: again, and a worker retries Redis up to 2 s apart, so under about 0.7 s every Redis
-#: restart looks like every worker dying (their started jobs fail as crashes). 1 s (TTL
-#: 3 s) keeps a production worker's order (5 s, TTL 15 s) and still sees a killed worker
-#: within seconds.
+#: Seconds between a worker's heartbeats (its key lives 3 of them): 1 s (TTL 3 s) keeps a
+#: production worker's order (5 s, TTL 15 s) and still sees a killed worker within
+#: seconds. (With 0.2 s, every Redis restart once looked like every worker dying: the bot
+#: gave a worker only the TTL to beat again, not also its backoff, `WORKER_MAX_BACKOFF`.)
 WORKER_HEARTBEAT = 1.0
 
 log = logging.getLogger("soak")

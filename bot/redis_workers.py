@@ -25,7 +25,7 @@ from typing import Literal
 
 from bot.worker_status import WorkerState, WorkerStatus
 from engine import protocol as p
-from engine.redis_layout import Expectation, Heartbeat, as_text, read_heartbeat
+from engine.redis_layout import WORKER_MAX_BACKOFF, Expectation, Heartbeat, as_text, read_heartbeat
 
 log = logging.getLogger("bot.redis_backend")
 
@@ -80,7 +80,8 @@ class WorkerBook:
                 return None
             worker.present = False
             ttl = worker.beat.ttl if worker.beat is not None else 0.0
-            if worker.state in _SERVING and connected_for >= ttl:
+            # Right after Redis came back, a worker may still be waiting out its backoff.
+            if worker.state in _SERVING and connected_for >= ttl + WORKER_MAX_BACKOFF:
                 return self._died(worker, f"its heartbeat expired (none for {ttl:g} s)")
             return None
         if worker is None:

@@ -248,6 +248,12 @@ def read_entry(fields: Mapping[bytes, bytes], types: frozenset[str]) -> Entry:
 # --------------------------------------------------------------------------------------
 
 
+#: Longest pause between a worker's attempts to reach Redis (`WorkerConfig.max_backoff`):
+#: after Redis comes back, a worker beats again within this plus its heartbeat interval,
+#: so the bot waits that long before it calls a missing heartbeat a death.
+WORKER_MAX_BACKOFF = 2.0
+
+
 @dataclass(frozen=True)
 class Heartbeat:
     """What a worker says about itself every few seconds (`P worker:<name>`, with a TTL)."""

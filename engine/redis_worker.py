@@ -58,6 +58,7 @@ from engine.redis_layout import (
     JOB_TYPES,
     RUN,
     Heartbeat,
+    WORKER_MAX_BACKOFF,
     RedisLayout,
     check_worker_name,
     entry_fields,
@@ -108,8 +109,9 @@ class RemoteWorkerConfig:
     block: float = 1.0
     #: A job's events stream expires this long after its last event, read or not.
     events_ttl: float = 24 * 3600.0
-    #: Longest pause between attempts while Redis is unreachable.
-    max_backoff: float = 2.0
+    #: Longest pause between attempts while Redis is unreachable (the bot's grace after a
+    #: Redis restart counts on it: `WORKER_MAX_BACKOFF`).
+    max_backoff: float = WORKER_MAX_BACKOFF
 
     def __post_init__(self) -> None:
         check_worker_name(self.name)

@@ -246,7 +246,10 @@ async def test_a_worker_whose_heartbeat_expires_mid_job_fails_it_as_a_crash(back
     events = await events_of(stream)
     assert [e.TYPE for e in events] == ["started", "progress", "failed"]
     assert events[-1] == p.Failed("j1", ENGINE_CRASHED, p.FAIL_CRASH)
-    assert {w.name: w.state for w in backend.workers}["a"] is WorkerState.DEAD
+    # Dead once its heartbeat has been gone longer than the grace after the bot connected
+    # (the TTL and a worker's backoff, WORKER_MAX_BACKOFF); the idle claim may fail the
+    # job before that.
+    await until(lambda: _is({w.name: w.state for w in backend.workers}["a"] is WorkerState.DEAD))
     assert backend.status.restarts == 1
     # Should it come back, it is told to drop that run.
     message, cancelled_run = await a.wait_control(p.Cancel)

@@ -7,12 +7,12 @@ import logging
 from bot.redis_workers import Verdict, WorkerBook
 from bot.worker_status import WorkerState
 from engine import protocol as p
-from engine.redis_layout import Expectation, Heartbeat, heartbeat_fields
+from engine.redis_layout import WORKER_MAX_BACKOFF, Expectation, Heartbeat, heartbeat_fields
 
 
 def fields(name: str = "w1", *, version: int = 1, vqgan: str = "vq", capacity: int = 2,
-           instance: str = "i1", draining: bool = False) -> dict[bytes, bytes]:
-    beat = Heartbeat(name, p.Ready(version, "cuda:0", vqgan, "cl", 1, capacity), ttl=15.0,
+           instance: str = "i1", draining: bool = False, ttl: float = 15.0) -> dict[bytes, bytes]:
+    beat = Heartbeat(name, p.Ready(version, "cuda:0", vqgan, "cl", 1, capacity), ttl=ttl,
                      instance=instance, draining=draining)
     return {key.encode(): value for key, value in heartbeat_fields(beat).items()}
 
@@ -64,6 +64,17 @@ def test_a_gone_heartbeat_is_death_except_just_after_redis_came_back() -> None:
     assert workers.seen("w1", {}, connected_for=30.0) is None      # dead once
     workers.seen("w1", fields(instance="i2"), connected_for=100)
     assert state(workers) is WorkerState.LIVE and workers.gone() == []
+
+
+def test_after_redis_came_back_a_worker_has_its_backoff_beyond_the_ttl_to_beat_again() -> None:
+    # Short heartbeats (TTL 0.6 s): the worker may wait up to WORKER_MAX_BACKOFF between
+    # attempts to reach Redis, so a missing beat then is not yet a death.
+    workers = book()
+    workers.seen("w1", fields(ttl=0.6), connected_for=100)
+    assert workers.seen("w1", {}, connected_for=0.6 + WORKER_MAX_BACKOFF - 0.1) is None
+    assert state(workers) is WorkerState.LIVE
+    verdict = workers.seen("w1", {}, connected_for=0.6 + WORKER_MAX_BACKOFF)
+    assert verdict is not None and verdict.kind == "died"
 
 
 def test_another_process_under_the_name_means_the_old_one_restarted() -> None:
