@@ -22,7 +22,8 @@ every mode, in turn, so a spell of other load on the machine falls on every row 
 round (other load only ever slows a round down); `s/image` is what one 400-iteration image
 costs at that pace (s/iteration * 400 / B); `vs eager 1` is the row's images per hour over
 eager batch 1's, so a batch pays where it is above 1: against the same jobs run one after
-another. `psnr` compares the first job's image with the same job run eagerly alone (inf:
+another; `median vs eager 1` is the same from each row's median round (on a shared machine
+the best round can be luck; the two agreeing is a clean reading). `psnr` compares the first job's image with the same job run eagerly alone (inf:
 the same pixels). `peak MiB`, taken over the row's warm-up: on CUDA the caching
 allocator's peak (other rows' jobs hold only their latents and Adam state); on the CPU the
 process's peak RSS (VmHWM, reset per row where Linux allows; it keeps what the allocator
@@ -38,6 +39,7 @@ import json
 import logging
 import math
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -193,11 +195,14 @@ class Row:
             raise RuntimeError(f"a job failed: {failed[0]!r}")
         per_iteration = min(self.rounds)  # other load on the machine only ever slows a round down
         per_image = per_iteration * args.image_iterations / self.batch_size
+        # The median too: on a shared machine the best round can be luck, the median shows it.
+        median_per_image = statistics.median(self.rounds) * args.image_iterations / self.batch_size
         image = self.results[0].image
         return {
             "compile": self.compile_mode, "loop": compiler.mode, "batch": self.batch_size,
             "out_of_memory": False, "seconds_per_iteration": per_iteration,
             "seconds_per_image": per_image, "images_per_hour": 3600.0 / per_image,
+            "median_images_per_hour": 3600.0 / median_per_image,
             "warmup_seconds": self.warmup, "peak_memory_mib": self.peak / 2**20,
             "psnr_vs_alone_db": _psnr(image, reference[0]) if 0 in reference else math.nan,
             "compile_failure": compiler.failure,
@@ -282,17 +287,20 @@ def _psnr(a, b) -> float:
 def _table(rows: list[dict[str, Any]]) -> str:
     base = next((row for row in rows if row["compile"] == "off" and row["batch"] == 1
                  and not row["out_of_memory"]), None)
-    header = ("compile", "batch", "s/iteration", "s/image", "images/h", "vs eager 1", "warm-up s",
-              "peak MiB", "psnr dB")
+    header = ("compile", "batch", "s/iteration", "s/image", "images/h", "vs eager 1",
+              "median vs eager 1", "warm-up s", "peak MiB", "psnr dB")
     lines = [header]
     for row in rows:
         if row["out_of_memory"]:
             lines.append((row["compile"], str(row["batch"]), "out of memory", *[""] * (len(header) - 3)))
             continue
         ratio = row["images_per_hour"] / base["images_per_hour"] if base else math.nan
+        median_ratio = (row["median_images_per_hour"] / base["median_images_per_hour"]
+                        if base else math.nan)
         lines.append((row["compile"] + (" (fell back to eager)" if row["compile_failure"] else ""), str(row["batch"]),
                       f"{row['seconds_per_iteration']:.3f}", f"{row['seconds_per_image']:.1f}",
-                      f"{row['images_per_hour']:.1f}", f"{ratio:.2f}x", f"{row['warmup_seconds']:.1f}",
+                      f"{row['images_per_hour']:.1f}", f"{ratio:.2f}x", f"{median_ratio:.2f}x",
+                      f"{row['warmup_seconds']:.1f}",
                       f"{row['peak_memory_mib']:.0f}", f"{row['psnr_vs_alone_db']:.1f}"))
     widths = [max(len(line[k]) for line in lines) for k in range(len(header))]
     return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in lines)
