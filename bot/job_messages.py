@@ -23,10 +23,11 @@ message shows, once the write is done, so the queue notes never give a place tha
 message still shows (`claims`). Writes to one message are made one at a time, in order.
 
 The pace. Every edit of a job's message goes through one per-channel pace
-(`bot.pacing.ChannelPace`, `self.pace`): a cancellation, an interruption and a result shown
-in place wait for room (`wait_for_room`); "Starting" and progress are skipped when there is none
-(the runner asks `has_room_for_progress` first and shows a later one); queue notes keep to
-their own smaller share. New messages (the job's, its result, its failure) are not held
+(`bot.pacing.ChannelPace`, `self.pace`): a cancellation, an interruption, a result shown
+in place and the engine-down note of a job handed over wait for room (`wait_for_room`);
+"Starting" and progress are skipped when there is none (the runner asks
+`has_room_for_progress` first and shows a later one); queue notes keep to their own
+smaller share. New messages (the job's, its result, its failure) are not held
 back (`bot.pacing` says why). The wait is `client.wait_for(PACE_EVENT, timeout=...)`, an
 event nothing dispatches: under SimCord, a wait the simulated clock controls, as the queue
 notes' is.
@@ -133,9 +134,9 @@ class JobMessages:
                                   view=self.progress_view(job.id))
 
     async def engine_down(self, job: Job) -> bool:
-        """A job handed over shows the engine down instead of "Starting" (skipped, as that
-        would be, when the pace has no room)."""
-        return await self.show_note(job, ENGINE_DOWN_NOTE, Write.PROGRESS)
+        """A job handed over shows the engine down instead of "Starting". Needed, not
+        skippable: while the engine is down no progress follows to correct the message."""
+        return await self.show_note(job, ENGINE_DOWN_NOTE, Write.NEEDED)
 
     async def started(self, job: Job) -> bool:
         """"Starting"; False if it could not, or the pace had no room (progress follows)."""

@@ -14,7 +14,7 @@ the bot keeps its edits inside the limit itself, and decides what matters when i
 show it all:
 
 - `Write.NEEDED` (a job cancelled or interrupted, a result shown in place when it could not
-  be posted): never dropped; it waits for room, and while it waits nothing skippable is
+  be posted, the engine shown down to a job handed over to it): never dropped; it waits for room, and while it waits nothing skippable is
   edited in that channel.
 - `Write.PROGRESS` (a job starting, its progress and preview): skipped when there is no
   room; the runner shows a later one instead (a preview is only worth showing fresh). It
