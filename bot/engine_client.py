@@ -54,7 +54,7 @@ from typing import Any
 
 from bot import render
 from bot.config import Settings
-from bot.engine_status import EngineState, EngineStatus, StatusChanges
+from bot.engine_status import EngineLife, EngineState, EngineStatus
 from bot.worker_status import WorkerState, WorkerStatus
 from engine import protocol as p
 
@@ -222,9 +222,7 @@ class EngineClient:
         #: The last start or crash error in full, for the log and admins (see `status`).
         self.last_error: str | None = None
         self.last_error_at: float | None = None
-        self._state = EngineState.NOT_STARTED
-        self._since = clock()
-        self._changes = StatusChanges()
+        self._life = EngineLife(clock)
         self._last_ready: p.Ready | None = None
         self._jobs: dict[str, _Job] = {}   # insertion order = submission order
         self._worker: _Worker | None = None
@@ -264,7 +262,7 @@ class EngineClient:
             name=self.name, state=WorkerState.LIVE if ready is not None else WorkerState.DEAD,
             device=shown.device, vqgan=shown.vqgan, clip=shown.clip, version=shown.version,
             capacity=shown.capacity, busy=busy, jobs_done=self.jobs_done,
-            last_seen=self._last_seen if self._last_seen is not None else self._since,
+            last_seen=self._last_seen if self._last_seen is not None else self._life.since,
             note=None if ready is not None else self.last_error),)
 
     @property
@@ -275,13 +273,13 @@ class EngineClient:
 
     @property
     def state(self) -> EngineState:
-        return self._state
+        return self._life.state
 
     @property
     def status(self) -> EngineStatus:
         """A snapshot of the state, the live and last `ready`, restarts and the last error."""
         return EngineStatus(
-            state=self._state, since=self._since, serial=self._changes.serial,
+            state=self._life.state, since=self._life.since, serial=self._life.changes.serial,
             ready=self.ready_info, last_ready=self._last_ready,
             last_error=self.last_error, last_error_at=self.last_error_at,
             restarts=self.restarts,
@@ -293,7 +291,7 @@ class EngineClient:
         Passing the serial last seen loses no change that happened in between; several
         changes while nobody looked come back as one (the newest) status.
         """
-        await self._changes.wait_past(after)
+        await self._life.changes.wait_past(after)
         return self.status
 
     async def start(self) -> p.Ready:
@@ -307,7 +305,7 @@ class EngineClient:
             raise RuntimeError("EngineClient.start() was already called")
         if self._closing:
             raise EngineClosedError("the engine client is closed")
-        if self._state is not EngineState.DOWN:  # a retry stays down until it works
+        if self._life.state is not EngineState.DOWN:  # a retry stays down until it works
             self._set_state(EngineState.STARTING)
         try:
             worker = await self._launch()
@@ -675,14 +673,10 @@ class EngineClient:
     # ---- state -------------------------------------------------------------------------
 
     def _set_state(self, state: EngineState) -> None:
-        """Enter `state` (a no-op if already in it; nothing leaves `closed`) and wake
-        `wait_status_change`."""
-        if state is self._state or self._state is EngineState.CLOSED:
-            return
-        log.info("engine state: %s -> %s", self._state.value, state.value)
-        self._state = state
-        self._since = self.clock()
-        self._changes.bump()
+        """Enter `state` (see `EngineLife.enter`), which wakes `wait_status_change`."""
+        previous = self._life.state
+        if self._life.enter(state):
+            log.info("engine state: %s -> %s", previous.value, state.value)
 
     def _record_error(self, text: str) -> None:
         self.last_error = text

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -65,3 +66,26 @@ class StatusChanges:
         """Return once `serial` is past `after` (at once if it already is)."""
         while self.serial <= after:
             await self._changed.wait()
+
+
+class EngineLife:
+    """The state one engine backend is in and since when, each move a status change: the
+    rule for moving (a no-op into the same state; nothing leaves `closed`) kept in one
+    place for `EngineClient` and `RedisBackend`, which hold one each."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.state = EngineState.NOT_STARTED
+        #: When `state` began (epoch seconds, by `clock`).
+        self.since = clock()
+        self.changes = StatusChanges()
+
+    def enter(self, state: EngineState) -> bool:
+        """Move to `state` and wake the waiters; False (and nothing changes) if already
+        there or closed."""
+        if state is self.state or self.state is EngineState.CLOSED:
+            return False
+        self.state = state
+        self.since = self.clock()
+        self.changes.bump()
+        return True

@@ -59,7 +59,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bot import render
 from bot.engine_client import EngineClosedError, EngineStartError
-from bot.engine_status import EngineState, EngineStatus, StatusChanges
+from bot.engine_status import EngineLife, EngineState, EngineStatus
 from bot.redis_workers import Verdict, WorkerBook
 from bot.worker_status import WorkerStatus
 from engine import protocol as p
@@ -189,11 +189,9 @@ class RedisBackend:
         self.workers_lost = 0
         self.last_error: str | None = None
         self.last_error_at: float | None = None
-        self._state = EngineState.NOT_STARTED
-        self._since = clock()
+        self._life = EngineLife(clock)
         #: The `ready_info` the last status change told of (a new one is a change too).
         self._ready_told: p.Ready | None = None
-        self._changes = StatusChanges()
         self._jobs: dict[str, _Job] = {}   # insertion order = submission order
         self._by_entry: dict[str, _Job] = {}
         self._by_events: dict[str, _Job] = {}
@@ -247,19 +245,19 @@ class RedisBackend:
 
     @property
     def state(self) -> EngineState:
-        return self._state
+        return self._life.state
 
     @property
     def status(self) -> EngineStatus:
         """As EngineClient's; `restarts` counts the workers declared dead."""
         return EngineStatus(
-            state=self._state, since=self._since, serial=self._changes.serial, ready=self.ready_info,
+            state=self._life.state, since=self._life.since, serial=self._life.changes.serial, ready=self.ready_info,
             last_ready=self._book.last_ready, last_error=self.last_error,
             last_error_at=self.last_error_at, restarts=self.workers_lost)
 
     async def wait_status_change(self, after: int) -> EngineStatus:
         """The status once its `serial` is past `after` (at once if it already is)."""
-        await self._changes.wait_past(after)
+        await self._life.changes.wait_past(after)
         return self.status
 
     async def start(self) -> p.Ready:
@@ -270,7 +268,7 @@ class RedisBackend:
         if self._closing:
             raise EngineClosedError("the engine client is closed")
         if not self._tasks:
-            if self._state is EngineState.NOT_STARTED:
+            if self._life.state is EngineState.NOT_STARTED:
                 self._set_state(EngineState.STARTING)
             self._tasks = [asyncio.create_task(coroutine, name=f"redis-backend-{name}")
                            for name, coroutine in (("supervisor", self._supervise()),
@@ -279,7 +277,7 @@ class RedisBackend:
             for task in self._tasks:
                 task.add_done_callback(self._task_ended)
         deadline = time.monotonic() + self.ready_timeout
-        serial = self._changes.serial
+        serial = self._life.changes.serial
         while (ready := self.ready_info) is None:
             left = deadline - time.monotonic()
             if left <= 0 or self._closing:
@@ -895,17 +893,17 @@ class RedisBackend:
     # ---- state -------------------------------------------------------------------------
 
     def _update_state(self) -> None:
-        if self._closing or self._state is EngineState.NOT_STARTED:
+        if self._closing or self._life.state is EngineState.NOT_STARTED:
             return
         ready = self.ready_info
         if ready is not None:
-            if self._state is EngineState.READY and ready != self._ready_told:
+            if self._life.state is EngineState.READY and ready != self._ready_told:
                 # A worker came, went or changed: the runner may have room now (it looks
                 # again at every status change), and /status shows the new devices.
                 self._notify()
             self._ready_told = ready
             self._set_state(EngineState.READY)
-        elif self._state is not EngineState.STARTING:
+        elif self._life.state is not EngineState.STARTING:
             if self._connected:
                 self._record_error(self._why_not_ready())
             self._set_state(EngineState.DOWN)
@@ -920,16 +918,13 @@ class RedisBackend:
         return text
 
     def _set_state(self, state: EngineState) -> None:
-        if state is self._state or self._state is EngineState.CLOSED:
-            return
-        log.info("remote workers: state %s -> %s", self._state.value, state.value)
-        self._state = state
-        self._since = self.clock()
-        self._notify()
+        previous = self._life.state
+        if self._life.enter(state):
+            log.info("remote workers: state %s -> %s", previous.value, state.value)
 
     def _notify(self) -> None:
-        """Wake `wait_status_change`: the state, or what is live, changed."""
-        self._changes.bump()
+        """Wake `wait_status_change`: what is live changed (a new state wakes it too)."""
+        self._life.changes.bump()
 
     def _record_error(self, text: str) -> bool:
         """Keep `text` as the last error; whether it is new (worth logging)."""
