@@ -161,6 +161,17 @@ async def test_a_job_whose_worker_is_killed_gets_retry_and_the_retry_succeeds(
         assert real_engine.ready_info is not None and real_engine.ready_info.pid != ready.pid
 
 
+async def computing_at_once(world: World, count: int, what: str) -> None:
+    """Wait (in real time) until `count` jobs are running and each has computed at least
+    one iteration: they compute together. `what` is the failure's message."""
+    running = world.services.running
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + JOB_TIMEOUT
+    while not (len(running) == count and all(job.iteration >= 1 for job in running.values())):
+        assert loop.time() < deadline, what
+        await asyncio.sleep(0.01)
+
+
 async def all_finished(world: World, count: int) -> list[Job]:
     """Wait (in real time) for `count` jobs to end, moving the simulated clock along as the
     sandbox does, so that paced edits of waiting messages go out meanwhile."""
@@ -229,12 +240,8 @@ async def test_three_members_jobs_compute_at_once_in_a_batching_engine_and_a_can
         for member in members:
             await member.slash(world.channel, "imagine", prompt=f"by {member.name}")
         alice, bob, mod = await world.services.store.jobs_with_status()
+        await computing_at_once(world, 3, "the three jobs never computed at once")
         running = world.services.running
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + JOB_TIMEOUT
-        while not (len(running) == 3 and all(job.iteration >= 1 for job in running.values())):
-            assert loop.time() < deadline, "the three jobs never computed at once"
-            await asyncio.sleep(0.01)
         # All three have progressed and none has ended: they compute together.
         assert all(job.iteration < job.total for job in running.values())
 

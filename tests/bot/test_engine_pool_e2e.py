@@ -13,7 +13,7 @@ from bot.engine_client import EngineClient
 from bot.engine_pool import EnginePool
 from bot.jobs import JobStatus
 from tests.bot.fake_engine import World, running_world, text_of
-from tests.bot.test_e2e import E2E_SETTINGS, JOB_TIMEOUT, RealEngine, ended
+from tests.bot.test_e2e import E2E_SETTINGS, JOB_TIMEOUT, RealEngine, computing_at_once, ended
 from tests.bot.test_engine_client import fake_command
 
 DEVICES = ("cuda:0", "cuda:1")
@@ -50,12 +50,7 @@ async def test_two_members_jobs_run_at_once_on_two_engines_and_status_lists_both
             result = await member.slash(world.channel, "imagine", prompt=f"by {member.name}")
             assert "Queued job" in text_of(result)
         alice, bob = await world.services.store.jobs_with_status()
-        running = world.services.running
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + JOB_TIMEOUT
-        while not (len(running) == 2 and all(job.iteration >= 1 for job in running.values())):
-            assert loop.time() < deadline, "two jobs never computed at once"
-            await asyncio.sleep(0.02)
+        await computing_at_once(world, 2, "two jobs never computed at once")
         assert {pool.holder(alice.id), pool.holder(bob.id)} == set(DEVICES)
 
         lines = (await status_fields(world))["Workers (2)"].splitlines()

@@ -18,7 +18,7 @@ from bot.redis_backend import RedisBackend
 from bot.services import build_engine
 from engine.redis_url import parse_redis_url
 from tests.bot.fake_engine import World, fast_settings, running_world, text_of
-from tests.bot.test_e2e import E2E_SETTINGS, JOB_TIMEOUT, RealEngine, ended
+from tests.bot.test_e2e import E2E_SETTINGS, JOB_TIMEOUT, RealEngine, computing_at_once, ended
 from tests.redis_server import LocalRedis, Workers
 
 
@@ -68,13 +68,11 @@ async def test_images_run_on_two_remote_workers_at_once_and_status_lists_both(
                 result = await member.slash(world.channel, "imagine", prompt=f"by {member.name}")
                 assert "Queued job" in text_of(result)
             alice, bob, mod = await world.services.store.jobs_with_status()
-            running = world.services.running
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + JOB_TIMEOUT
+            deadline = loop.time() + JOB_TIMEOUT  # for this wait and the /status one below
             # Room for two (one per worker): two compute together, the third waits its turn.
-            while not (len(running) == 2 and all(job.iteration >= 1 for job in running.values())):
-                assert loop.time() < deadline, "two jobs never computed at once"
-                await asyncio.sleep(0.02)
+            await computing_at_once(world, 2, "two jobs never computed at once")
+            running = world.services.running
             assert list(running) == [alice.id, bob.id]
             assert world.services.scheduler.position(mod.id) == 1
 
