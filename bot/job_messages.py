@@ -82,7 +82,8 @@ class JobMessages:
         self.result_view = result_view
         self.failure_view: FailureViewFactory = failure_view or (lambda job: None)
         #: Job messages Discord says are deleted: never edited again (each try would be
-        #: one more 404, which Discord counts against the bot's invalid requests).
+        #: one more 404, which Discord counts against the bot's invalid requests). Held
+        #: until the job's end is written (`_ended`), like `_gone`.
         self._deleted: set[int] = set()
         #: The queue note each job's message shows now (only messages showing one).
         self._notes: dict[str, QueueNote] = {}
@@ -181,17 +182,19 @@ class JobMessages:
     async def cancelled(self, job: Job, by_user_id: int | None) -> int | None:
         """The job's message says it was cancelled, in place; a deleted message is not posted
         again (whoever cancelled was answered, and a cancelled job has nothing to show)."""
-        if await self.edit(job, embed=render.cancelled_embed(job, by_user_id), view=None,
-                           attachments=[]):
-            return job.progress_message_id
-        return None
+        shown = await self.edit(job, embed=render.cancelled_embed(job, by_user_id), view=None,
+                                attachments=[])
+        self._ended(job)
+        return job.progress_message_id if shown else None
 
     async def apology(self, job: Job) -> int | None:
         return await self._announce(job, render.failed_content(job),
                                     lambda: {"embed": render.apology_embed(job)})
 
     async def interrupted(self, job: Job) -> bool:
-        return await self.edit(job, embed=render.interrupted_embed(job), attachments=[], view=None)
+        shown = await self.edit(job, embed=render.interrupted_embed(job), attachments=[], view=None)
+        self._ended(job)
+        return shown
 
     # ------------------------------------------------------------------ writing
 
@@ -216,6 +219,13 @@ class JobMessages:
         if lock is None:
             lock = self._locks[job_id] = asyncio.Lock()
         return lock
+
+    def _ended(self, job: Job) -> None:
+        """The job's end is written: nothing edits its message again, so what was remembered
+        of a deleted one would only pile up for as long as the bot runs."""
+        self._gone.discard(job.id)
+        if job.progress_message_id is not None:
+            self._deleted.discard(job.progress_message_id)
 
     def _shows(self, job_id: str, note: QueueNote | None) -> None:
         """Record what the job's message shows once a write is done (None: no note)."""
@@ -270,6 +280,7 @@ class JobMessages:
                 if shown is not None:
                     break
             self._shows(job.id, None)
+            self._ended(job)
             return shown
 
     async def _post_final(self, job: Job, content: str,

@@ -190,6 +190,20 @@ async def test_a_running_job_whose_message_was_deleted_is_not_edited_again(then:
             assert posted.id == job.result_message_id and posted.attachments
 
 
+async def test_a_deleted_job_message_is_forgotten_once_the_job_has_ended() -> None:
+    """What the bot remembers of deleted messages (so as not to edit them again) lasts as long
+    as their jobs, not as long as the bot."""
+    async with running_world(FakeEngine(blocked=True)) as world:
+        await world.alice.slash(world.channel, "imagine", prompt="deleted")
+        (message,) = world.bot_messages()
+        await cleaner(world).delete(message)
+        await world.alice.slash(world.channel, "cancel")
+        world.engine.release()
+        await world.env.settle()
+        messages = world.services.messages
+        assert messages._deleted == set() and messages._gone == set()
+
+
 def test_an_autocomplete_choice_fits_discords_limit_whatever_the_prompt() -> None:
     from bot.jobs import Job
     from bot.render import CHOICE_NAME_LIMIT, job_choice_name
