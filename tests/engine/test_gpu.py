@@ -94,7 +94,7 @@ def test_the_loop_never_syncs_between_progress_points(
     set things up (the optimizer's state, the loss scale), and the progress points and the
     result read from the device by design."""
     generator = Generator(gpu_models, _numerics(precision))
-    report, finish = generator._report, generator._finish
+    report, finish = generator.report, generator.finish
 
     def strict_after_report(*args: Any) -> None:
         torch.cuda.set_sync_debug_mode(0)
@@ -107,8 +107,8 @@ def test_the_loop_never_syncs_between_progress_points(
         torch.cuda.set_sync_debug_mode(0)
         return finish(*args)
 
-    monkeypatch.setattr(generator, "_report", strict_after_report)
-    monkeypatch.setattr(generator, "_finish", lenient_finish)
+    monkeypatch.setattr(generator, "report", strict_after_report)
+    monkeypatch.setattr(generator, "finish", lenient_finish)
     seen: list[Progress] = []
     try:
         result = generator.run(_request(progress_every=2, **kind), on_progress=seen.append)
