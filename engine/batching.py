@@ -12,10 +12,14 @@ their latents, one CLIP forward of all their cutouts, and each job's own loss an
   new joins (no starvation).
 - Leaving: a job leaves after its last iteration, or at the boundary after it was
   cancelled; the others go on with a smaller batch.
-- Memory (`MemoryGuard`, CUDA only): each step's peak is measured from the caching
-  allocator's counters (host-side: no sync). A job joins a running batch only if the last
-  step's peak plus one job's share of it fits in `MEMORY_SHARE` of the GPU; until one step
-  of its size was measured, it waits. A job whose size nothing runs at starts alone.
+- Memory (`MemoryGuard`, CUDA only): each step is measured from the caching allocator's
+  counters (host-side: no sync): what the process held from the GPU at the step's peak
+  (reserved), and each job's share (what the step allocated above what was allocated before
+  it). A job joins a running batch only if the last step's peak held plus one job's share
+  fits in `MEMORY_SHARE` of the GPU; until one step of its size was measured, it waits. A
+  job whose size nothing runs at starts alone. Held, not allocated, is the base because
+  replayed CUDA graphs allocate nothing: their activations live in the graphs' private
+  pool, which the allocated counters stop counting once recording ends.
 - Running out of memory in a step: the step is undone (nothing of it was applied: the jobs'
   random generators are put back and their gradients dropped), the newest job is set
   aside, keeping its state, and the step is tried again with the others; the batch size
@@ -103,13 +107,19 @@ def _memory_kind(error: BaseException) -> str:
 
 class MemoryGuard:
     """Whether one more job of a size fits beside the running ones, from what steps at that
-    size were seen to take. `budget` None (the CPU) never refuses."""
+    size were seen to take. `budget` None (the CPU) never refuses.
+
+    The counters: `allocated` now and its `peak`, and the peak `held` (reserved: what the
+    process took from the GPU, its caching allocator's free blocks and CUDA graphs' pools
+    included; the allocated peak where not given), all since `reset_peak`."""
 
     def __init__(self, budget: int | None, allocated: Callable[[], int] = lambda: 0,
-                 peak: Callable[[], int] = lambda: 0, reset_peak: Callable[[], None] = lambda: None) -> None:
+                 peak: Callable[[], int] = lambda: 0, reset_peak: Callable[[], None] = lambda: None,
+                 held: Callable[[], int] | None = None) -> None:
         self.budget = budget
         self._allocated, self._peak, self._reset_peak = allocated, peak, reset_peak
-        self._last_peak: dict[Size, int] = {}  # the last step's peak at each size
+        self._held = held if held is not None else peak
+        self._last_peak: dict[Size, int] = {}  # the last step's peak held, at each size
         self._per_job: dict[Size, tuple[float, float]] = {}  # (bytes, cutouts) per job: the most seen
 
     @classmethod
@@ -119,7 +129,8 @@ class MemoryGuard:
         total = torch.cuda.get_device_properties(device).total_memory
         return cls(int(total * MEMORY_SHARE), lambda: torch.cuda.memory_allocated(device),
                    lambda: torch.cuda.max_memory_allocated(device),
-                   lambda: torch.cuda.reset_peak_memory_stats(device))
+                   lambda: torch.cuda.reset_peak_memory_stats(device),
+                   lambda: torch.cuda.max_memory_reserved(device))
 
     def fits(self, size: Size, cutn: int, running: int) -> bool:
         """Would a job at `size` with `cutn` cutouts fit beside `running` jobs of that size?
@@ -142,7 +153,7 @@ class MemoryGuard:
         before = self._allocated()
         yield
         peak = self._peak()
-        self._last_peak[size] = peak
+        self._last_peak[size] = max(peak, self._held())
         per_job = (peak - before) / len(cutns)
         seen = self._per_job.get(size)
         if seen is None or per_job > seen[0]:
