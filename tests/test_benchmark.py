@@ -60,3 +60,17 @@ def test_a_batch_that_runs_out_of_memory_is_reported_and_no_larger_one_is_tried(
     report = run(benchmark, capsys, "--batches", "1,4,8")
     assert [(row["batch"], row["out_of_memory"]) for row in report["rows"]] == [(1, False), (4, True)]
     assert "out of memory" in benchmark._table(report["rows"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the check runs for real")
+def test_the_gpu_check_says_there_is_no_gpu_and_runs_nothing(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    check = SCRIPT.parent / "gpu_check.sh"
+    done = subprocess.run(["bash", str(check), str(tmp_path / "out")], capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": sys.executable}, timeout=120)
+    assert done.returncode == 2
+    assert "no CUDA GPU here: nothing to check" in done.stderr
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["device.txt"]
