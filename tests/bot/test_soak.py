@@ -17,6 +17,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,7 +126,7 @@ def test_a_clean_snapshot_holds_every_invariant() -> None:
     assert len(rows) == 8
 
 
-def doctor(**changes: object) -> Callable[[SoakState], SoakState]:
+def doctor(**changes: Any) -> Callable[[SoakState], SoakState]:
     return lambda state: dataclasses.replace(state, **changes)
 
 
