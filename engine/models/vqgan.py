@@ -130,6 +130,13 @@ class VQGANConfig:
         return 2 ** (len(self.ddconfig["ch_mult"]) - 1)
 
 
+@torch.compiler.assume_constant_result
+def _autocast_available(device_type: str) -> bool:
+    """torch.amp.is_autocast_available, as a constant under torch.compile: torch 2.11's dynamo
+    cannot trace torch._C._is_autocast_available and breaks the graph there."""
+    return torch.amp.is_autocast_available(device_type)
+
+
 class VQGAN(nn.Module):
     """A frozen VQGAN (VQModel or GumbelVQ) behind one interface.
 
@@ -186,7 +193,7 @@ class VQGAN(nn.Module):
         """
         # Devices autocast does not know (the meta device the sync tests run on) never autocast.
         no_autocast = (torch.autocast(device_type=z.device.type, enabled=False)
-                       if torch.amp.is_autocast_available(z.device.type) else contextlib.nullcontext())
+                       if _autocast_available(z.device.type) else contextlib.nullcontext())
         with no_autocast:
             codebook = self.codebook.float()
             flat = z.detach().float().movedim(1, -1).reshape(-1, self.embed_dim)
