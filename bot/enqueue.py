@@ -26,7 +26,7 @@ from bot import render
 from bot.attachments import save_input
 from bot.blocklist import check_request
 from bot.engine_status import EngineState
-from bot.eta import estimate
+from bot.eta import Estimate, estimates_at, seconds_per_iteration
 from bot.interactions import answer, defer, services_of
 from bot.jobs import JOB_QUEUED_EVENT, Job, new_job_id
 from bot.permissions import member_role_ids
@@ -91,10 +91,14 @@ async def enqueue(services: Services, interaction: discord.Interaction, request:
                        else render.DISCORD_FAILED_TO_POST_JOB)
             raise RequestRejected(refusal) from None
         job = await services.store.update_job(job.id, progress_message_id=message.id)
-        # Queueing moves the queue: `bot.queue_notes` fills in this message's place and
-        # time (and renumbers those behind it), paced, and never two at one place.
+        speed = await seconds_per_iteration(services)
+        # From queueing to waking the runner, no await: a job the runner can take at once
+        # is taken before `bot.queue_notes` (woken by the same move, which reads the speed
+        # first) could number it "#1" only to be overwritten by "Starting", an edit of the
+        # channel's five in five seconds spent on nothing. Otherwise the notes fill in this
+        # message's place and time (and renumber those behind it), paced, never two at one place.
         services.scheduler.submit(job)
-        where = await estimate(services, job.id)
+        where = estimates_at(services, speed).get(job.id, Estimate(None, None, None))
         interaction.client.dispatch(JOB_QUEUED_EVENT, job.id)
         return Queued(job, where.position, where.ready_in)
 

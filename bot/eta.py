@@ -124,7 +124,12 @@ async def queue_estimates(services: Services) -> dict[str, Estimate]:
 
     The speed is read first; the queue and the running jobs are then read without an
     await, so the positions and times are of one moment."""
-    speed = await seconds_per_iteration(services)
+    return estimates_at(services, await seconds_per_iteration(services))
+
+
+def estimates_at(services: Services, speed: float | None) -> dict[str, Estimate]:
+    """`queue_estimates` at a speed read before (`seconds_per_iteration`): no await, so a
+    caller can queue a job and answer with its place before any other task runs."""
     queued = services.scheduler.queued_jobs()
     computing: list[Computing] = []
     pending: list[Pending] = []

@@ -147,6 +147,24 @@ async def test_every_waiting_message_shows_its_place_and_ready_time() -> None:
         await assert_every_waiting_message_is_true(world)
 
 
+async def test_a_job_the_engine_takes_at_once_is_never_numbered() -> None:
+    """Queued onto a ready, idle engine, a job goes from "Waiting in the queue." to "Starting"
+    with no "#1" between: that edit would spend one of the channel's few on nothing (it
+    once took the place of the job's last preview). The runner takes the job before the
+    notes, woken by the same move, read the queue."""
+    async with running_world(FakeEngine(blocked=True), warm_engine=True) as world:
+        for attempt in range(10):
+            await world.alice.slash(world.channel, "imagine", prompt=f"at once {attempt}")
+            job = (await world.services.store.jobs_with_status())[-1]
+            shown_texts = [description(body) or "" for body in world.job_edits(job.id)]
+            assert any("Starting" in text for text in shown_texts), shown_texts
+            assert not any(PLACE.search(text) for text in shown_texts), shown_texts
+            world.engine.release()
+            await world.env.settle()
+            world.engine.block()
+            await world.catch_up()
+
+
 async def test_when_a_waiting_job_is_cancelled_those_behind_it_move_up() -> None:
     async with running_world(FakeEngine(blocked=True)) as world:
         line = await a_line(world)
