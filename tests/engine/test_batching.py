@@ -9,9 +9,7 @@ that fails, is cancelled or does not fit in memory takes nobody else down.
 from __future__ import annotations
 
 import logging
-import math
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -21,6 +19,7 @@ from engine.errors import Cancelled, OutOfMemoryError, PromptError
 from engine.generate import GenerationRequest, GenerationResult, Generator, Progress
 from engine.limits import AUTO_BATCH_CPU, AUTO_BATCH_CUDA, out_of_memory_advice
 from engine.prompts import ImagePrompt, parse_prompt
+from tests.engine.loop_helpers import psnr
 
 #: A job in a batch must make the image it makes alone to at least this PSNR (8-bit RGB).
 MIN_PSNR_DB = 40.0
@@ -65,12 +64,6 @@ def _requests() -> list[GenerationRequest]:
                           seed=3, cutn=5, init_image=_source(), mask_image=_mask(),
                           keep_structure=0.5, progress_every=5),
     ]
-
-
-def psnr(a: Image.Image, b: Image.Image) -> float:
-    x, y = (np.asarray(image, dtype=np.float64) for image in (a, b))
-    mse = float(((x - y) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 class Recorder:
@@ -277,7 +270,6 @@ def test_the_memory_guard_counts_what_the_gpu_holds_beyond_what_is_allocated() -
     with guard.measure(size, [32, 32]):
         counters["held"] = 6000
     assert guard.fits(size, 32, running=2)  # 6000 + 2000
-
 
 
 def test_a_job_that_would_not_fit_waits_for_the_batch_to_shrink(generator: Generator) -> None:

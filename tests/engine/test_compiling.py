@@ -13,20 +13,19 @@ found and ENGINE_TEST_INDUCTOR=1 is set; the suite skips it otherwise, saying wh
 from __future__ import annotations
 
 import logging
-import math
 import os
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from engine.batching import Batch, BatchJob
 from engine.compiling import Compiler, compile_wanted
-from engine.generate import GenerationRequest, GenerationResult, Generator
+from engine.generate import GenerationRequest, Generator
 from engine.prompts import parse_prompt
+from tests.engine.loop_helpers import fresh_dynamo, psnr, run_batch  # noqa: F401 (fresh_dynamo: a fixture)
 
 MIN_PSNR_DB = 40.0
+#: Each test compiles from scratch.
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 @pytest.fixture(scope="module")
@@ -37,36 +36,9 @@ def models(tiny_models):
                                  model_dir=tiny_models.directory, device="cpu"))
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    """Each test compiles from scratch: dynamo's caches (and its recompile limit) are per
-    code object, shared by every Generator."""
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 def _requests() -> list[GenerationRequest]:
     return [GenerationRequest(prompts=parse_prompt(text), size=(32, 32), iterations=4, seed=seed, cutn=3)
             for text, seed in (("a red apple", 1), ("a blue sea", 2))]
-
-
-def psnr(a: Image.Image, b: Image.Image) -> float:
-    x, y = (np.asarray(image, dtype=np.float64) for image in (a, b))
-    mse = float(((x - y) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
-def run_batch(generator: Generator, requests: list[GenerationRequest]) -> list[GenerationResult]:
-    ended: list[list] = [[] for _ in requests]
-    batch = Batch(generator, capacity=len(requests))
-    for request, sink in zip(requests, ended):
-        batch.join(BatchJob(request, sink.append))
-    while batch.busy:
-        batch.step()
-    results = [sink[0] for sink in ended]
-    assert all(isinstance(result, GenerationResult) for result in results), results
-    return results
 
 
 class CountingBackend:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -24,6 +23,7 @@ from engine.cutouts import MakeCutouts
 from engine.generate import GenerationRequest, Generator, Numerics, Progress
 from engine.models.loading import Models
 from engine.prompts import parse_prompt
+from tests.engine.loop_helpers import psnr
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -68,12 +68,6 @@ def _source() -> Image.Image:
     image = Image.new("RGB", (64, 64), (200, 30, 30))
     image.paste((20, 40, 220), (0, 0, 32, 64))
     return image
-
-
-def _psnr(a: Image.Image, b: Image.Image) -> float:
-    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    mse = float(((x - y) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
 
 
 # -- no syncs --------------------------------------------------------------------------------
@@ -152,8 +146,8 @@ def test_the_first_step_on_the_gpu_moves_the_image_as_on_the_cpu(
     request = _request(iterations=2, seed=seed, progress_every=1, preview_size=64)
     (gpu_start, gpu_step), _ = _previews(gpu_models, _numerics(precision), request)
     (cpu_start, cpu_step), _ = _previews(cpu_models, None, request)
-    assert _psnr(gpu_step, cpu_step) > _psnr(cpu_start, cpu_step), (
-        _psnr(gpu_step, cpu_step), _psnr(cpu_start, cpu_step))
+    assert psnr(gpu_step, cpu_step) > psnr(cpu_start, cpu_step), (
+        psnr(gpu_step, cpu_step), psnr(cpu_start, cpu_step))
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -169,7 +163,7 @@ def test_20_iterations_on_the_gpu_stay_near_the_fp32_cpu_result(
     _, gpu = _previews(gpu_models, _numerics(precision), request)
     _, cpu = _previews(cpu_models, None, request)
     assert math.isfinite(gpu.loss)
-    assert _psnr(gpu.image, cpu.image) >= 10.0, _psnr(gpu.image, cpu.image)
+    assert psnr(gpu.image, cpu.image) >= 10.0, psnr(gpu.image, cpu.image)
 
 
 # -- precision per part -------------------------------------------------------------------------

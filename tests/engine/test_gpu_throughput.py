@@ -22,18 +22,18 @@ import logging
 import math
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from engine.batching import MEMORY_SHARE, Batch, BatchJob, MemoryGuard
 from engine.compiling import Compiler
 from engine.generate import GenerationRequest, GenerationResult, Generator, Progress
 from engine.models.loading import Models
 from engine.prompts import parse_prompt
+from tests.engine.loop_helpers import fresh_dynamo, psnr, run_batch  # noqa: F401 (fresh_dynamo: a fixture)
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+              pytest.mark.usefixtures("fresh_dynamo")]  # each test compiles from scratch
 
 MIN_PSNR_DB = 30.0
 
@@ -47,36 +47,10 @@ def gpu_models(tiny_models) -> Models:
                                  model_dir=tiny_models.directory, device="cuda"))
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 def _requests(iterations: int = 6, **kwargs: Any) -> list[GenerationRequest]:
     return [GenerationRequest(prompts=parse_prompt(text), size=(32, 32), iterations=iterations, seed=seed,
                               cutn=4, **kwargs)
             for text, seed in (("a red apple", 1), ("a blue sea", 2), ("a green field", 3))]
-
-
-def _psnr(a: Image.Image, b: Image.Image) -> float:
-    x, y = (np.asarray(image, dtype=np.float64) for image in (a, b))
-    mse = float(((x - y) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
-def _run_batch(generator: Generator, requests: list[GenerationRequest],
-               on_progress: Any = None) -> list[GenerationResult]:
-    ended: list[list[Any]] = [[] for _ in requests]
-    batch = Batch(generator, capacity=len(requests))
-    for request, sink in zip(requests, ended):
-        batch.join(BatchJob(request, sink.append, on_progress))
-    while batch.busy:
-        batch.step()
-    results = [sink[0] for sink in ended]
-    assert all(isinstance(result, GenerationResult) for result in results), results
-    return results
 
 
 def _alone(models: Models, requests: list[GenerationRequest]) -> list[GenerationResult]:
@@ -90,16 +64,17 @@ def test_the_loop_compiled_with_cuda_graphs_makes_the_eager_image(gpu_models: Mo
     assert compiler.mode == "compiled with CUDA graphs"
     requests = _requests()
     with caplog.at_level(logging.INFO, logger="engine.compiling"):
-        compiled = _run_batch(Generator(gpu_models, compiler=compiler), requests)
+        compiled = run_batch(Generator(gpu_models, compiler=compiler), requests)
     assert compiler.enabled and compiler.failure is None, compiler.failure
     assert list(compiler.warmups) == [(3, (32, 32), (4, 4, 4))]
-    figures = [_psnr(a.image, b.image) for a, b in zip(compiled, _alone(gpu_models, requests))]
+    figures = [psnr(a.image, b.image) for a, b in zip(compiled, _alone(gpu_models, requests))]
     print(f"PSNR compiled with CUDA graphs (batch of 3) vs eager alone: {', '.join(f'{x:.1f} dB' for x in figures)}; "
           f"warm-up {next(iter(compiler.warmups.values())):.1f} s")
     assert min(figures) >= MIN_PSNR_DB
 
 
-def test_replayed_cuda_graphs_never_make_the_host_wait_between_progress_points(gpu_models: Models) -> None:
+def test_replayed_cuda_graphs_never_make_the_host_wait_between_progress_points(
+        gpu_models: Models, monkeypatch: pytest.MonkeyPatch) -> None:
     """Sync debug mode "error" from the progress point at iteration 4 (compiled, recorded and
     replayed by then) to the last: any operation that waits for the GPU raises. The progress
     points themselves read the loss and a preview from the device, by design."""
@@ -120,10 +95,10 @@ def test_replayed_cuda_graphs_never_make_the_host_wait_between_progress_points(g
         torch.cuda.set_sync_debug_mode(0)
         return finish(*args)
 
-    generator.report = lenient_report  # type: ignore[method-assign]
-    generator.finish = lenient_finish  # type: ignore[method-assign]
+    monkeypatch.setattr(generator, "report", lenient_report)
+    monkeypatch.setattr(generator, "finish", lenient_finish)
     try:
-        results = _run_batch(generator, _requests(iterations=12, progress_every=4), strict_after_progress)
+        results = run_batch(generator, _requests(iterations=12, progress_every=4), strict_after_progress)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert generator.compiler.failure is None, generator.compiler.failure
@@ -141,11 +116,11 @@ def test_a_loop_that_cannot_compile_for_want_of_triton_runs_eager(
     compiler = Compiler("auto", torch.device("cuda"))
     requests = _requests()
     with caplog.at_level(logging.WARNING, logger="engine.compiling"):
-        fell_back = _run_batch(Generator(gpu_models, compiler=compiler), requests)
+        fell_back = run_batch(Generator(gpu_models, compiler=compiler), requests)
     assert compiler.mode == "eager"
     assert compiler.failure is not None and "triton" in compiler.failure.lower(), compiler.failure
     assert "the compiled loop failed, running eager from now on" in caplog.text
-    figures = [_psnr(a.image, b.image) for a, b in zip(fell_back, _alone(gpu_models, requests))]
+    figures = [psnr(a.image, b.image) for a, b in zip(fell_back, _alone(gpu_models, requests))]
     assert min(figures) >= MIN_PSNR_DB, figures
 
 
@@ -153,8 +128,8 @@ def test_a_loop_that_cannot_compile_for_want_of_triton_runs_eager(
 
 def test_a_job_in_a_batch_of_3_on_the_gpu_makes_the_image_it_makes_alone(gpu_models: Models) -> None:
     requests = _requests()
-    batched = _run_batch(Generator(gpu_models), requests)
-    figures = [_psnr(a.image, b.image) for a, b in zip(batched, _alone(gpu_models, requests))]
+    batched = run_batch(Generator(gpu_models), requests)
+    figures = [psnr(a.image, b.image) for a, b in zip(batched, _alone(gpu_models, requests))]
     print(f"PSNR batch of 3 vs alone on the GPU: {', '.join(f'{x:.1f} dB' for x in figures)}")
     assert min(figures) >= MIN_PSNR_DB
 
