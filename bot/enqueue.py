@@ -26,7 +26,7 @@ from bot import render
 from bot.attachments import save_input
 from bot.blocklist import check_request
 from bot.engine_status import EngineState
-from bot.eta import Estimate, estimates_at, seconds_per_iteration
+from bot.eta import estimate_at, seconds_per_iteration
 from bot.interactions import answer, defer, services_of
 from bot.jobs import JOB_QUEUED_EVENT, Job, new_job_id
 from bot.permissions import member_role_ids
@@ -98,7 +98,7 @@ async def enqueue(services: Services, interaction: discord.Interaction, request:
         # channel's five in five seconds spent on nothing. Otherwise the notes fill in this
         # message's place and time (and renumber those behind it), paced, never two at one place.
         services.scheduler.submit(job)
-        where = estimates_at(services, speed).get(job.id, Estimate(None, None, None))
+        where = estimate_at(services, job.id, speed)
         interaction.client.dispatch(JOB_QUEUED_EVENT, job.id)
         return Queued(job, where.position, where.ready_in)
 

@@ -155,4 +155,9 @@ def estimates_at(services: Services, speed: float | None) -> dict[str, Estimate]
 
 async def estimate(services: Services, job_id: str) -> Estimate:
     """Where a queued job stands; position None once it has left the queue."""
-    return (await queue_estimates(services)).get(job_id, Estimate(None, None, None))
+    return estimate_at(services, job_id, await seconds_per_iteration(services))
+
+
+def estimate_at(services: Services, job_id: str, speed: float | None) -> Estimate:
+    """`estimate` at a speed read before: no await (see `estimates_at`)."""
+    return estimates_at(services, speed).get(job_id, Estimate(None, None, None))
