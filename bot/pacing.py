@@ -14,8 +14,8 @@ the bot keeps its edits inside the limit itself, and decides what matters when i
 show it all:
 
 - `Write.NEEDED` (a job cancelled or interrupted, a result shown in place when it could not
-  be posted, the engine shown down to a job handed over to it): never dropped; it waits for room, and while it waits nothing skippable is
-  edited in that channel.
+  be posted, the engine shown down to a job handed over to it): never dropped; it waits
+  for room, and while it waits nothing skippable is edited in that channel.
 - `Write.PROGRESS` (a job starting, its progress and preview): skipped when there is no
   room; the runner shows a later one instead (a preview is only worth showing fresh). It
   leaves `RESERVED_FOR_NEEDED` of the five free, so a needed edit seldom waits at all.
@@ -66,6 +66,7 @@ QUEUE_EDITS_PER_WINDOW = 2
 QUEUE_EDIT_WINDOW = EDIT_WINDOW
 #: Places in a window that skippable edits (progress, queue) leave to needed ones.
 RESERVED_FOR_NEEDED = 1
+
 
 class Write(Enum):
     """What an edit is worth when the channel's pace has no room (module docstring)."""

@@ -251,8 +251,8 @@ class RedisBackend:
     def status(self) -> EngineStatus:
         """As EngineClient's; `restarts` counts the workers declared dead."""
         return EngineStatus(
-            state=self._life.state, since=self._life.since, serial=self._life.changes.serial, ready=self.ready_info,
-            last_ready=self._book.last_ready, last_error=self.last_error,
+            state=self._life.state, since=self._life.since, serial=self._life.changes.serial,
+            ready=self.ready_info, last_ready=self._book.last_ready, last_error=self.last_error,
             last_error_at=self.last_error_at, restarts=self.workers_lost)
 
     async def wait_status_change(self, after: int) -> EngineStatus:
